@@ -1,0 +1,14 @@
+"""classify_failure (wired to core once it lands)."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import MCPServer
+
+from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, not_implemented
+
+
+def register(mcp: MCPServer, env: ToolEnv) -> None:
+    @mcp.tool(name="classify_failure", title="classify_failure", annotations=READ_ONLY,
+              description="Placeholder until the core lands: returns a not-implemented error, never a fake result.")
+    async def classify_failure(path: str) -> str:
+        raise not_implemented("classify_failure", "")

@@ -1,0 +1,14 @@
+"""gpu_status (wired to core once it lands)."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import MCPServer
+
+from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, not_implemented
+
+
+def register(mcp: MCPServer, env: ToolEnv) -> None:
+    @mcp.tool(name="gpu_status", title="gpu_status", annotations=READ_ONLY,
+              description="Placeholder until the core lands: returns a not-implemented error, never a fake result.")
+    async def gpu_status(path: str) -> str:
+        raise not_implemented("gpu_status", "")
