@@ -190,11 +190,11 @@ def translate_errors(tool_name: str) -> Callable[[Callable[..., Awaitable[T]]], 
             except ToolError:
                 raise
             except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-                raise ToolError(f"{tool_name}: {exc}") from None
+                raise ToolError(str(exc)) from None
             except PermissionError as exc:
-                raise ToolError(f"{tool_name}: permission denied: {exc}") from None
+                raise ToolError(f"Permission denied: {exc}") from None
             except OSError as exc:
-                raise ToolError(f"{tool_name}: could not read or write a file: {exc}") from None
+                raise ToolError(f"Could not read or write a file: {exc}") from None
             except Exception as exc:
                 log.exception("%s failed unexpectedly", tool_name)
                 raise ToolError(
