@@ -130,6 +130,12 @@ def _inside_roots(env: ToolEnv, raw: str):
 
 
 def _tail_text(path) -> str:
-    from ml_debug_mcp.core.tail import tail_text
+    from ml_debug_mcp.core.tail import tail_file
 
-    return tail_text(path, FILE_RESOURCE_MAX_LINES)
+    result = tail_file(path, lines=FILE_RESOURCE_MAX_LINES, analyze=False)
+    if result.status == "binary":
+        raise ResourceError(f"{path} is a binary file, not a text log.")
+    text = "\n".join(line.text for line in result.lines)
+    if result.partial_line is not None:
+        text += "\n" + result.partial_line.text
+    return text

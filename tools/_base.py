@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,8 @@ async def effective_roots(env: ToolEnv, ctx: Context | None) -> Roots:
         caps = ctx.client_capabilities
         if caps is None or caps.roots is None:
             return env.roots
-        with anyio.fail_after(2):
+        with anyio.fail_after(2), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # roots are deprecated in the 2026 protocol, still offered by older clients
             listed = await ctx.session.list_roots()
     except Exception as exc:  # a client that advertises roots but cannot answer must not break the call
         log.debug("client roots unavailable: %r", exc)
