@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ml_debug_mcp.server.config import ConfigError, build_parser, config_from_args
@@ -67,8 +68,9 @@ def _human(command: str, argv: list[str]) -> int:
     except (ValueError, OSError) as exc:
         print(f"ml-debug-mcp {command}: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(model.model_dump(mode="json"), indent=2))
-    else:
-        print(summary)
+    try:
+        print(json.dumps(model.model_dump(mode="json"), indent=2) if args.json else summary)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ml-debug-mcp tail x.log | head` closed the pipe early: not an error
+        sys.stdout = open(os.devnull, "w")
     return 0

@@ -135,6 +135,14 @@ def tool_result(model: BaseModel, summary: str, images: list[bytes] | None = Non
     return CallToolResult(content=content, structured_content=model.model_dump(mode="json"))
 
 
+def human_size(size: int) -> str:
+    """Bytes as a person reads them: 36 bytes, 12.0 KB, 3.9 GB."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
 def not_implemented(tool: str, instead: str) -> ToolError:
     return ToolError(f"{tool} is not implemented yet in this version of ml-debug-mcp. {instead}")
 

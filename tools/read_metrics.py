@@ -9,8 +9,8 @@ from mcp_types import CallToolResult
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.series import MetricSeries, ParsedLog
-from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
-    translate_errors
+from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, human_size, resolve_path, run_blocking, \
+    tool_result, translate_errors
 
 MAX_SERIES = 24
 
@@ -84,7 +84,7 @@ def read_metrics_model(parsed: ParsedLog, names: list[str] | None, rank: int | N
 
 def summarize(result: ReadMetricsResult) -> str:
     head = (f"{result.path} ({result.format}): {len(result.available)} metrics from {result.records} records, "
-            f"{result.bytes_scanned / 1e6:.1f} MB read.")
+            f"{human_size(result.bytes_scanned)} read.")
     if not result.series:
         head += " No metric series found."
     lines = [head] + [describe_series(s) for s in result.series]

@@ -9,8 +9,8 @@ from mcp_types import CallToolResult
 from pydantic import Field
 
 from ml_debug_mcp.core.tail import DEFAULT_LINES, MAX_AROUND, MAX_LINES, TailResult
-from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
-    translate_errors
+from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, human_size, resolve_path, run_blocking, \
+    tool_result, translate_errors
 
 _MAX_ERRORS_IN_SUMMARY = 3
 
@@ -60,13 +60,6 @@ def _metric(m) -> str:
     value = m.nonfinite.upper() if m.nonfinite else f"{m.value:.4g}"
     step = f" (step {m.step:g})" if m.step is not None else ""
     return f"{m.name}{rank}={value}{step}"
-
-
-def human_size(size: int) -> str:
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 def _age(seconds: float | None) -> str:
