@@ -45,6 +45,7 @@ MAX_AROUND = 200
 FINGERPRINT_BYTES = 64
 _CURSOR_VERSION = 1
 
+_RECORD_INDEX_STEP_FORMATS = frozenset({"hf_trainer"})
 LOG_SUFFIXES = {".log", ".txt", ".out", ".err", ".stdout", ".stderr", ".jsonl", ".csv", ".tsv", ".json"}
 
 
@@ -588,12 +589,15 @@ def _scan_tail_region(fh, size: int, region_start: int, fmt: str | None, path: P
     if fmt in ("csv", "lightning_csv") and header is not None:
         region = [header] + [t for t in region if t != header]
     parsed = parse_metrics_text("\n".join(region), fmt=fmt, max_points=16)
+    # HF console lines carry no step: the parser counts records, which in a tail window is not the run's step.
+    steps_known = fmt not in _RECORD_INDEX_STEP_FORMATS
     for s in parsed.series:
         st = s.stats
         kind = None
         if st.last_value is None and st.count:
             kind = s.nonfinite[-1].kind if s.nonfinite else "nan"
-        result.metrics.append(MetricValue(name=s.name, rank=s.rank, step=st.last_step, value=st.last_value,
+        result.metrics.append(MetricValue(name=s.name, rank=s.rank, step=st.last_step if steps_known else None,
+                                          value=st.last_value,
                                           nonfinite=kind))
 
 
