@@ -11,7 +11,7 @@ importing this module stays cheap for the server.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +338,8 @@ def _summary(ranked: list[Hypothesis], notes: list[str]) -> str:
 # Entry points
 
 
-def parse_safely(*, path: Path | None = None, text: str | None = None, fmt: str | None = None) -> ParsedLog:
+def parse_safely(*, path: Path | None = None, text: str | None = None, fmt: str | None = None,
+                 progress: Callable[[float, float | None, str | None], None] | None = None) -> ParsedLog:
     """parse_metrics / parse_metrics_text, degrading an unexpected parser failure to a warning.
 
     Raises ValueError for an unknown `fmt` (a caller error).
@@ -348,7 +349,9 @@ def parse_safely(*, path: Path | None = None, text: str | None = None, fmt: str 
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"Unknown format '{fmt}'. Use one of: {', '.join(sorted(FORMATS))}, or omit it to auto-detect.")
     try:
-        return parse_metrics(path, fmt=fmt) if path is not None else parse_metrics_text(text or "", fmt=fmt)
+        if path is not None:
+            return parse_metrics(path, fmt=fmt, progress=progress)
+        return parse_metrics_text(text or "", fmt=fmt)
     except Exception as exc:  # a parser bug must not hide the errors in the log
         return ParsedLog(path=str(path) if path is not None else None, format=fmt or "unknown",
                          warnings=[f"metric parsing failed ({type(exc).__name__}: {exc}); no metric series read"])
@@ -416,7 +419,8 @@ TAIL_LINES_SCANNED = 200  # the last lines also searched for stand-alone error l
 
 def classify_path(path: Path, fmt: str | None = None, *, log_path: str | None = None, code_path: Path | None = None,
                   error_text: str | None = None,
-                  series: Mapping[str, Sequence[Sequence[float | None]]] | None = None) -> Diagnosis:
+                  series: Mapping[str, Sequence[Sequence[float | None]]] | None = None,
+                  progress: Callable[[float, float | None, str | None], None] | None = None) -> Diagnosis:
     """Classify a log file (or run directory): its metric series plus the errors in its last 256 KB.
 
     `path` is already resolved inside the roots; `log_path` is how the caller named it (defaults
@@ -425,7 +429,7 @@ def classify_path(path: Path, fmt: str | None = None, *, log_path: str | None = 
     from ml_debug_mcp.core.tail import tail_file
 
     path = Path(path)
-    parsed = parse_safely(path=path, fmt=fmt)
+    parsed = parse_safely(path=path, fmt=fmt, progress=progress)
     blocks: list[Any] = []
     tail_text, first_line = None, 1
     if path.is_file():

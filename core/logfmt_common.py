@@ -9,8 +9,9 @@ step rule, the same NaN/Inf handling and the same memory bound.
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -131,7 +132,9 @@ class Collector:
 
     FLUSH_POINTS = 1 << 18
 
-    def __init__(self, max_points: int = 2000, max_series: int = 400) -> None:
+    def __init__(self, max_points: int = 2000, max_series: int = 400,
+                 progress: Callable[[float, float | None, str | None], None] | None = None) -> None:
+        self.progress = progress  # (bytes read, total bytes, message): long parses report to the client
         self.max_points = max(10, int(max_points))
         self.max_series = max_series
         self.builders: dict[tuple[str, int | None], SeriesBuilder] = {}
@@ -259,6 +262,7 @@ def iter_file_blocks(path: Path, collector: Collector, first_block: int = 64 << 
         collector.warn(f"cannot open {path.name}: {exc.strerror or exc}")
         return
     with fh:
+        total = os.fstat(fh.fileno()).st_size
         carry = b""
         carry_offset = 0
         offset = 0
@@ -276,6 +280,8 @@ def iter_file_blocks(path: Path, collector: Collector, first_block: int = 64 << 
             collector.bytes += len(block)
             block_offset = offset
             offset += len(block)
+            if collector.progress is not None:
+                collector.progress(offset, total, f"parsed {offset >> 20} of {total >> 20} MiB of {path.name}")
             if skipping:
                 nl = block.find(b"\n")
                 if nl < 0:

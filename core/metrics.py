@@ -9,7 +9,7 @@ only an unknown `fmt` id (a caller error) raises.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ml_debug_mcp.core.logfmt_common import Collector, iter_file_blocks, iter_file_lines, strip_rank_prefix
@@ -191,16 +191,18 @@ def parse_metrics_text(text: str, fmt: str | None = None, max_points: int = 2000
     return collector.result(fmt)
 
 
-def parse_metrics(path: Path, fmt: str | None = None, max_points: int = 2000) -> ParsedLog:
+def parse_metrics(path: Path, fmt: str | None = None, max_points: int = 2000,
+                  progress: Callable[[float, float | None, str | None], None] | None = None) -> ParsedLog:
     """Parse every metric of a log file or run directory into bounded series with exact stats.
 
+    `progress(bytes_read, total_bytes, message)`, when given, is called after every block read.
     `fmt` overrides detection (a key of FORMATS). A directory is recognised as a run directory
     (HF output dir, Lightning version dir, MLflow run, W&B run, TensorBoard logdir); otherwise
     its newest log-like file is read.
     """
     _check_fmt(fmt)
     path = Path(path)
-    collector = Collector(max_points)
+    collector = Collector(max_points, progress=progress)
     target = path
     if not path.exists():
         collector.warn(f"{path} does not exist")

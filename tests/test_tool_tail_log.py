@@ -196,3 +196,19 @@ async def test_tail_over_http_with_a_token(root: Path):
         async with http_client(srv.url, token=TOKEN) as client:
             result = await client.call_tool("tail_log", {"path": "runs/train.log", "lines": 3})
     assert not result.is_error and len(result.structured_content["lines"]) == 3
+
+
+async def test_long_parses_report_progress_to_the_client(root: Path):
+    big = root / "runs" / "big.log"
+    big.write_text("".join(f"step {i} | loss {2 - i * 1e-6:.5f} | lr 1e-4\n" for i in range(200_000)))
+    updates: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total))
+
+    async with Client(_server(root)) as client:
+        result = await client.call_tool("read_metrics", {"path": "runs/big.log"}, progress_callback=on_progress)
+        diagnosis = await client.call_tool("classify_failure", {"log_path": "runs/big.log"},
+                                           progress_callback=on_progress)
+    assert not result.is_error and not diagnosis.is_error
+    assert len(updates) >= 2 and updates[-1][0] == updates[-1][1] == big.stat().st_size

@@ -20,13 +20,13 @@ SeriesArg = dict[str, list[list[float | None]]]
 
 def diagnose(log_path: Path | None = None, log_text: str | None = None, error_text: str | None = None,
              code_path: Path | None = None, series: SeriesArg | None = None, fmt: str | None = None,
-             log_label: str | None = None) -> Diagnosis:
+             log_label: str | None = None, progress=None) -> Diagnosis:
     """Route the evidence given to the matching core entry point (shared by the tool and the CLI)."""
     from ml_debug_mcp.core.classify import classify, classify_path, classify_text
 
     if log_path is not None:
         return classify_path(log_path, fmt, log_path=log_label or str(log_path), code_path=code_path,
-                             error_text=error_text, series=series)
+                             error_text=error_text, series=series, progress=progress)
     if log_text is not None:
         return classify_text(log_text, fmt, code_path=code_path, error_text=error_text, series=series)
     return classify(None, error_text=error_text, code_path=code_path, series=series)
