@@ -245,8 +245,9 @@ def _confirming_steps(h: Hypothesis, log_path: str | None, code_path: str | None
         elif tool == "gpu_status":
             steps.append(_step(tool, why, samples=5, interval=1.0))
         elif tool in ("analyze_gradients", "check_shapes"):
-            steps.append(_step(tool, why + (". Pass entrypoint='train.py:build' (a factory returning the model and "
-                                            "a batch) or the stats_path the gradient probe writes."
+            steps.append(_step(tool, why + (". Pass entrypoint='train.py:build' (a factory returning the model, or "
+                                            "(model, batch); add input_shapes when it returns no batch) and your lr, "
+                                            "checkpoint + checkpoint_after, or the stats_path TrainingProbe writes."
                                             if tool == "analyze_gradients" else
                                             ". Pass entrypoint='train.py:build' and input_shapes of one batch.")))
         else:

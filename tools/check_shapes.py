@@ -1,13 +1,35 @@
-"""check_shapes: trace tensor shapes through the user's model (not implemented yet)."""
+"""check_shapes: trace tensor shapes through the user's model and explain the first mismatch."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, not_implemented
+from ml_debug_mcp.core.shapes import ShapeReport, render_table
+from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, run_blocking, tool_result, \
+    translate_errors
+
+
+def summarize(report: ShapeReport) -> str:
+    lines = []
+    if report.failure is not None:
+        f = report.failure
+        lines.append(f"SHAPE CHECK FAILED: {f.explanation}")
+        lines.append(f"{f.exception_type}: {f.message.strip()[:400]}")
+        if f.user_frame is not None:
+            lines.append(f"last user frame: {f.user_frame.file}:{f.user_frame.line} in {f.user_frame.function}: "
+                         f"{f.user_frame.code}")
+    else:
+        lines.append(report.summary)
+    inputs = ", ".join(f"{t.shape} {t.dtype}" for t in report.inputs[:6])
+    lines.append(f"inputs ({report.input_source}): {inputs}")
+    lines.append(render_table(report))
+    if report.calls_omitted:
+        lines.append(f"({report.calls_omitted} of {report.calls_total} module calls omitted from the middle)")
+    return "\n".join(lines)
 
 
 def register(mcp: MCPServer, env: ToolEnv) -> None:
@@ -16,17 +38,27 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         title="Check tensor shapes",
         annotations=RUNS_USER_CODE,
         description=(
-            "Run one forward pass of the model from `entrypoint` on inputs of `input_shapes` in a sandboxed "
-            "worker and report every layer's input/output shape and the first mismatch. Not implemented yet: "
-            "returns an error that says what to use instead."
+            "Run one forward pass (eval mode, no gradients) of the model from `entrypoint` ('path/to/file.py:factory'; "
+            "factory() returns the model, or (model, batch)) on random inputs of `input_shapes` in a sandboxed CPU "
+            "worker, and report "
+            "every module's input/output shapes and dtypes in call order (a torchinfo-like table). On a failure: "
+            "the module that raised, its configuration (e.g. Linear(in_features=256, out_features=10)), the shapes "
+            "it received, what it expects and what the layer before it produced, plus the last frame of your code."
         ),
     )
+    @translate_errors("check_shapes")
     async def check_shapes(
-        entrypoint: Annotated[str, Field(description="'file.py:factory' or 'package.module:factory' returning the model")],
-        input_shapes: Annotated[list[list[int]], Field(description="one shape per forward() argument, e.g. [[8, 3, 32, 32]]")],
-    ) -> str:
-        raise not_implemented(
-            "check_shapes",
-            "Until it lands, pass the shape error text to classify_failure(error_text=...): it extracts the "
-            "shapes and says which layer expects what.",
-        )
+        entrypoint: Annotated[str, Field(description="'path/to/file.py:factory' or 'package.module:factory' inside the roots")],
+        input_shapes: Annotated[list[list[int]] | None, Field(description="one shape per forward() argument, batch first, e.g. [[8, 3, 32, 32]]; default: the factory's batch")] = None,
+        dtype: Annotated[str | list[str] | None, Field(description="input dtype (default: the model's), or one per input, e.g. ['int64', 'bool']")] = None,
+        ctx: Context | None = None,
+    ) -> Annotated[CallToolResult, ShapeReport]:
+        from ml_debug_mcp.core.shapes import check_inputs, check_model_shapes, shape_task
+        from ml_debug_mcp.core.worker import resolve_entrypoint
+
+        entry = resolve_entrypoint(await effective_roots(env, ctx), entrypoint)
+        shapes, dtypes = check_inputs(input_shapes, dtype)
+        report = await run_blocking(ctx, check_model_shapes, shape_task(entry.task, shapes, dtypes),
+                                    python=env.python, timeout=env.worker_timeout, memory_mb=env.worker_memory_mb,
+                                    cwd=entry.cwd, target=entry.label)
+        return tool_result(report, summarize(report))
