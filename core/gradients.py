@@ -536,6 +536,18 @@ class _Track:
         return "falling" if self.last * TREND_FACTOR < self.first else "flat"
 
 
+def _well_formed(record: Any) -> bool:
+    """The shape TrainingProbe writes; anything else is counted as a bad line, not trusted."""
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        return False
+    if not all(isinstance(v, dict) for v in record["params"].values()):
+        return False
+    if not isinstance(record.get("global") or {}, dict) or not isinstance(record.get("shapes") or {}, dict):
+        return False
+    missing = record.get("missing_grad") or []
+    return isinstance(missing, list) and all(isinstance(m, str) for m in missing)
+
+
 def summarize_probe_stats(path: Path, *, top: int = DEFAULT_TOP,
                           progress: Callable[..., None] | None = None) -> GradientReport:
     """Per-layer last/max/trend and the first step each layer went to zero, NaN or exploded."""
@@ -558,6 +570,9 @@ def summarize_probe_stats(path: Path, *, top: int = DEFAULT_TOP,
                 step = float(record["step"])
                 params = record["params"]
             except (ValueError, KeyError, TypeError):
+                bad_lines += 1
+                continue
+            if not _well_formed(record):
                 bad_lines += 1
                 continue
             records += 1

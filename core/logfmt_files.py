@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ml_debug_mcp.core.logfmt_common import Collector, iter_file_lines
 from ml_debug_mcp.core.logfmt_text import json_record
+from ml_debug_mcp.core.paths import stays_within
 
 MAX_JSON_BYTES = 256 << 20
 MAX_WALK_ENTRIES = 5000
@@ -80,7 +81,7 @@ def find_event_files(root: Path, limit: int = 200) -> list[Path]:
         dirnames.sort()
         for name in sorted(filenames):
             seen += 1
-            if "tfevents" in name:
+            if "tfevents" in name and stays_within(root, Path(dirpath) / name):
                 found.append(Path(dirpath) / name)
                 if len(found) >= limit:
                     return found

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ml_debug_mcp.core.logfmt_common import (Collector, is_ignored_key, is_step_key, strip_rank_prefix,
                                              to_float)
+from ml_debug_mcp.core.paths import stays_within
 
 MAX_CSV_FIELD = 1 << 16
 
@@ -114,7 +115,7 @@ def mlflow_metric_files(run_dir: Path, limit: int = 500) -> list[tuple[str, Path
     if not metrics_dir.is_dir():
         return found
     for path in sorted(metrics_dir.rglob("*")):
-        if path.is_file():
+        if path.is_file() and stays_within(run_dir, path):
             found.append((path.relative_to(metrics_dir).as_posix(), path))
             if len(found) >= limit:
                 break

@@ -20,6 +20,7 @@ from ml_debug_mcp.core.logfmt_files import (looks_like_event_file, looks_like_tr
 from ml_debug_mcp.core.logfmt_tables import (is_lightning_header, looks_like_csv, looks_like_mlflow_metric,
                                              parse_csv_lines, parse_mlflow_metric_lines)
 from ml_debug_mcp.core.logfmt_text import LINE_PARSERS, classify_line, last_segment
+from ml_debug_mcp.core.paths import stays_within
 from ml_debug_mcp.core.series import ParsedLog
 
 FORMATS: dict[str, str] = {
@@ -226,6 +227,9 @@ def parse_metrics(path: Path, fmt: str | None = None, max_points: int = 2000,
     if not target.is_dir() and not target.is_file():
         collector.warn(f"{target} is not a regular file (a FIFO, socket or device); it is not read")
         return collector.result("unknown", str(target))
+    if target != path and not stays_within(path, target):
+        collector.warn(f"skipped {target.name}: it is a link that leads outside {path}")
+        return collector.result(fmt or "unknown", str(path))
     if fmt is None:
         fmt = detect_format(target)
     try:

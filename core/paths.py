@@ -26,6 +26,19 @@ class PathOutsideRoots(PermissionError):
         )
 
 
+def stays_within(base: Path, candidate: Path) -> bool:
+    """Whether `candidate`, symlinks followed, lies inside `base`.
+
+    Files that core discovers inside a folder the caller named (a run directory's metrics.csv,
+    event files, the newest log) were never checked against the roots themselves: a symlink among
+    them could point anywhere. Core skips those that leave the folder.
+    """
+    try:
+        return candidate.resolve().is_relative_to(base.resolve())
+    except (OSError, RuntimeError):  # a symlink loop, a vanished file
+        return False
+
+
 @dataclass(frozen=True)
 class Roots:
     """An immutable set of resolved root directories."""

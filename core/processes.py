@@ -199,7 +199,7 @@ def is_launcher_reason(reason: str) -> bool:
     return "launch" in reason or reason.startswith("lightning run")
 
 
-def compile_name_pattern(name_pattern: str | None) -> re.Pattern[str] | None:
+def compile_name_pattern(name_pattern: str | None):
     """Validate the caller's regex; a bad one is a caller error worth a clear message."""
     if name_pattern is None:
         return None
@@ -207,13 +207,9 @@ def compile_name_pattern(name_pattern: str | None) -> re.Pattern[str] | None:
         raise ValueError("name_pattern is empty; pass a regular expression such as 'train|finetune', or omit it.")
     if len(name_pattern) > MAX_PATTERN_CHARS:
         raise ValueError(f"name_pattern is {len(name_pattern)} characters; keep it under {MAX_PATTERN_CHARS}.")
-    try:
-        return re.compile(name_pattern)
-    except re.error as exc:
-        raise ValueError(
-            f"name_pattern {name_pattern!r} is not a valid regular expression ({exc}); "
-            f"escape special characters with a backslash or pass a plain word such as 'train'."
-        ) from None
+    from ml_debug_mcp.core.user_regex import compile_user_regex
+
+    return compile_user_regex(name_pattern, "name_pattern")
 
 
 def discover_training_processes(
@@ -425,8 +421,36 @@ def identify_process(pid: int, command_chars: int = COMMAND_CHARS) -> ProcessIde
     return identity
 
 
+_SECRET_WORD = re.compile(r"token|passw|secret|api[_-]?key|access[_-]?key|auth|credential|private[_-]?key",
+                          re.IGNORECASE)
+
+
+def redact_command(cmdline: list[str]) -> list[str]:
+    """Hide the values of secret-looking options (`--hf-token=x`, `--password x`, `API_KEY=x`).
+
+    Other users' command lines are shown to an agent, and through it to a model: a token typed on
+    a command line must not travel with them.
+    """
+    shown: list[str] = []
+    hide_next = False
+    for arg in cmdline:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+            continue
+        key, sep, _value = arg.partition("=")
+        if sep and _SECRET_WORD.search(key):
+            shown.append(f"{key}=***")
+        elif arg.startswith("-") and _SECRET_WORD.search(arg):
+            shown.append(arg)
+            hide_next = True
+        else:
+            shown.append(arg)
+    return shown
+
+
 def bound_command(cmdline: list[str], limit: int = COMMAND_CHARS) -> tuple[str, bool]:
-    text = " ".join(cmdline)
+    text = " ".join(redact_command(cmdline))
     if len(text) <= limit:
         return text, False
     return text[: max(0, limit - 1)] + "…", True

@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ml_debug_mcp.core.paths import stays_within
 from ml_debug_mcp.core.errors import ErrorBlock, extract_errors
 from ml_debug_mcp.core.logfmt_common import ANSI_RE
 
@@ -162,14 +163,12 @@ def _display(raw: bytes) -> tuple[str, bool, bool, bool]:
     return text, cut, rewritten, bad
 
 
-def _compile_grep(grep: str | None) -> re.Pattern[str] | None:
+def _compile_grep(grep: str | None):
     if grep is None or grep == "":
         return None
-    try:
-        return re.compile(grep)
-    except re.error as exc:
-        raise ValueError(f"grep is not a valid regular expression ({exc}). Escape special characters "
-                         f"such as ( [ + * ? with a backslash, or search for a plain word.") from None
+    from ml_debug_mcp.core.user_regex import compile_user_regex
+
+    return compile_user_regex(grep, "grep")
 
 
 def _count_newlines(fh, end: int) -> int:
@@ -252,7 +251,7 @@ def list_logs(directory: Path, max_depth: int = 3, limit: int = 200) -> list[Log
             seen += 1
             path = Path(dirpath) / name
             kind = _log_kind(path)
-            if kind is None:
+            if kind is None or (path.is_symlink() and not stays_within(directory, path)):
                 continue
             try:
                 st = path.stat()

@@ -110,8 +110,9 @@ def resolve_entrypoint(roots: Roots, raw: str) -> ResolvedEntry:
     """Parse and sandbox an entrypoint: its file (or module) must lie inside the roots."""
     entry = parse_entrypoint(raw)
     if not entry.is_file:
-        root, _ = locate_module(roots, entry.target)
-        return ResolvedEntry({"module": entry.target, "sys_path": str(root), "attr": entry.attr}, root, entry.raw)
+        root, file = locate_module(roots, entry.target)
+        return ResolvedEntry({"module": entry.target, "file": str(file), "sys_path": str(root), "attr": entry.attr},
+                             root, entry.raw)
     try:
         path = roots.resolve(entry.target)
     except PathOutsideRoots as exc:
@@ -124,7 +125,8 @@ def resolve_entrypoint(roots: Roots, raw: str) -> ResolvedEntry:
         raise ValueError(f"The entrypoint file {path} is not a .py file; pass the Python file that defines "
                          f"{entry.attr}().")
     root = next((r for r in roots.paths if path.is_relative_to(r)), roots.primary)
-    return ResolvedEntry({"file": str(path), "attr": entry.attr}, root, f"{entry.target}:{entry.attr}")
+    return ResolvedEntry({"file": str(path), "root": str(root), "attr": entry.attr}, root,
+                         f"{entry.target}:{entry.attr}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,6 +350,9 @@ def explain_failure(error: dict, *, python: str, memory_mb: int, task: dict) -> 
         "no_torch": f"The worker interpreter ({error.get('python') or python}) cannot import torch ({_cause(error)}). "
                     "Set --python (ML_DEBUG_MCP_PYTHON) to the interpreter your training uses.",
         "entry_missing": f"The entrypoint file {error.get('file')} does not exist (any more).",
+        "entry_shadowed": f"The module name {error.get('module')!r} imports {error.get('loaded')}, not the project's "
+                          f"{error.get('expected')} (another module of that name comes first, e.g. the standard "
+                          "library). Pass the file instead ('path/to/file.py:factory') or rename the module.",
         "entry_import": f"Importing {where} failed with {_cause(error)}{frame}. Fix that error; the file is imported "
                         "as a module, so its `if __name__ == '__main__':` block does not run.",
         "entry_attribute": _attribute_message(error, where),

@@ -189,11 +189,14 @@ def _import_torch(channel: Channel) -> None:
     torch = _torch
 
 
-def _package_name(path: Path) -> tuple[str, Path] | None:
-    """For a file inside a package (folders with __init__.py): its dotted name and the folder to import from."""
+def _package_name(path: Path, root: Path | None) -> tuple[str, Path] | None:
+    """For a file inside a package (folders with __init__.py): its dotted name and the folder to import from.
+
+    The climb stops at the sandbox root: an `__init__.py` above it is outside the roots and must not run.
+    """
     parts = [path.stem] if path.name != "__init__.py" else []
     folder = path.parent
-    while (folder / "__init__.py").is_file() and all(p.isidentifier() for p in parts):
+    while folder != root and (folder / "__init__.py").is_file() and all(p.isidentifier() for p in parts):
         parts.insert(0, folder.name)
         folder = folder.parent
     if not parts or folder == path.parent or not all(p.isidentifier() for p in parts):
@@ -205,11 +208,17 @@ def load_module(entry: dict, channel: Channel):
     with phase(channel, "importing the entrypoint", kind="entry_import"):
         if "module" in entry:
             sys.path.insert(0, entry["sys_path"])
-            return importlib.import_module(entry["module"])
+            module = importlib.import_module(entry["module"])
+            loaded = getattr(module, "__file__", None)
+            if loaded is None or Path(loaded).resolve() != Path(entry["file"]):
+                # A name like "json" resolves to the standard library, not the project's json.py.
+                raise WorkerFailure("entry_shadowed", "importing the entrypoint", None, module=entry["module"],
+                                    loaded=str(loaded), expected=entry["file"])
+            return module
         path = Path(entry["file"])
         if not path.is_file():
             raise WorkerFailure("entry_missing", "importing the entrypoint", None, file=str(path))
-        package = _package_name(path)
+        package = _package_name(path, Path(entry["root"]) if entry.get("root") else None)
         if package is not None:
             sys.path.insert(0, str(package[1]))
             return importlib.import_module(package[0])

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-memory-mb", type=int, help="address-space limit of a worker in MiB (default 4096)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
     p.add_argument("--no-client-roots", action="store_true",
-                   help="ignore the roots an MCP client offers; only --root folders are allowed")
+                   help="ignore the roots an MCP client offers (they are only ever taken over stdio, and "
+                        "only when no --root is given)")
     return p
 
 
@@ -115,7 +116,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
             f"Refusing to listen on {host} without a token: anyone who can reach the port could read your "
             "files through the tools. Set ML_DEBUG_MCP_TOKEN (or --token), or bind to 127.0.0.1."
         )
+    allowed_hosts = tuple((args.allowed_hosts or []) + _split(_env("ALLOWED_HOSTS")))
+    if "*" in allowed_hosts and not token:
+        raise ConfigError("--allowed-host '*' turns off the Host/Origin checks that stop DNS-rebinding attacks; "
+                          "it is only accepted together with a token (ML_DEBUG_MCP_TOKEN).")
     raw_roots = args.roots or _split(_env("ROOTS"), os.pathsep) or [os.getcwd()]
+    if not (args.roots or _env("ROOTS")) and Path(os.getcwd()).resolve() == Path("/"):
+        raise ConfigError("No --root was given and the working directory is /, which would let the tools read the "
+                          "whole filesystem. Pass --root <the folder with your runs> (repeatable).")
     for raw in raw_roots:
         path = Path(os.path.expanduser(raw))
         if not path.is_dir():
@@ -130,14 +138,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
     log_level = (args.log_level or _env("LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"Log level {log_level!r} is not one of DEBUG, INFO, WARNING, ERROR.")
-    client_roots = not args.no_client_roots and _env("CLIENT_ROOTS") not in ("0", "false", "no")
+    # Roots a client offers widen what tools may read, so they are taken only from the local app
+    # that launched us over stdio, and only when the operator did not name the roots explicitly.
+    explicit_roots = bool(args.roots or _env("ROOTS"))
+    client_roots = (transport == "stdio" and not explicit_roots and not args.no_client_roots
+                    and _env("CLIENT_ROOTS") not in ("0", "false", "no"))
     return Config(
         transport=transport,  # type: ignore[arg-type]
         host=host,
         port=port,
         roots=Roots.from_strings(raw_roots),
         token=token,
-        allowed_hosts=tuple((args.allowed_hosts or []) + _split(_env("ALLOWED_HOSTS"))),
+        allowed_hosts=allowed_hosts,
         allowed_origins=tuple((args.allowed_origins or []) + _split(_env("ALLOWED_ORIGINS"))),
         python=python,
         worker_timeout=timeout,

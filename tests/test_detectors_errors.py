@@ -358,3 +358,32 @@ def test_every_error_failure_class_is_covered_by_the_eval_set():
     } <= labels
     assert len(CASES) >= 35
     assert all(c["source"] in {"training_run"} or c["source"].startswith("issue:https://github.com/") for c in CASES)
+
+
+def test_no_rule_backtracks_quadratically_on_long_runs_of_one_character():
+    """Error text is user input: a rule whose time grows with the square of a line would freeze the server.
+
+    Compared as a ratio in the same run (4x the input must cost well under 16x the time), not a limit.
+    """
+    import time
+
+    from ml_debug_mcp.core.detectors import errors as error_rules
+
+    def cost(regex, text: str) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _match in regex.finditer(text):
+                pass
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    quadratic = []
+    for rule, regex, _requires, _anchors in error_rules._compiled():
+        anchor = rule.grep or "x"
+        for filler in (" ", "\t", "a", "0", ":", "=", "x "):
+            small = cost(regex, anchor + filler * 2000 + "\n")
+            large = cost(regex, anchor + filler * 8000 + "\n")
+            if large > 0.005 and large / max(small, 1e-9) > 9:
+                quadratic.append((rule.name, filler, round(large / small, 1)))
+    assert not quadratic, quadratic

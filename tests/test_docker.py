@@ -49,9 +49,11 @@ def test_the_copied_sources_build_an_installable_wheel(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("ml_debug_mcp-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("ml_debug_mcp/__main__.py", "ml_debug_mcp/server/app.py", "ml_debug_mcp/tools/tail_log.py",
-                   "ml_debug_mcp/core/series.py", "ml_debug_mcp/resources/decision-tree.md"):
-        assert module in names, module
+    expected = {"ml_debug_mcp/__main__.py", "ml_debug_mcp/resources/decision-tree.md"}
+    for folder in ("server", "tools", "core", "resources"):  # every module, subpackages included
+        expected |= {f"ml_debug_mcp/{p.relative_to(REPO).as_posix()}" for p in (REPO / folder).rglob("*.py")}
+    missing = sorted(expected - names)
+    assert not missing, f"the wheel lacks {missing}: list their packages in pyproject.toml"
     assert not any(n.startswith(("tools/", "server/", "tests/")) for n in names), "no stray top-level packages"
 
 

@@ -229,6 +229,7 @@ def test_a_busy_port_is_a_clear_start_up_error(root: Path):
     (["--port", "70000"], "between 1 and 65535"),
     (["--transport", "http", "--token", "short"], "shorter than 16"),
     (["--python", "/no/such/python"], "not found"),
+    (["--transport", "http", "--allowed-host", "*"], "only accepted together with a token"),
 ])
 def test_bad_configuration_is_refused_with_a_message(args: list[str], expected: str):
     proc = subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=60,
@@ -248,3 +249,26 @@ def test_python_dash_m_entry_point_works():
     proc = subprocess.run([sys.executable, "-m", "ml_debug_mcp", "--version"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "ml-debug-mcp" in proc.stdout
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    ([], {}, True),
+    (["--root", "."], {}, False),
+    ([], {"ML_DEBUG_MCP_ROOTS": "."}, False),
+    (["--transport", "http"], {}, False),
+    (["--no-client-roots"], {}, False),
+])
+def test_client_roots_are_only_taken_over_stdio_without_explicit_roots(args, env, expected, monkeypatch):
+    from ml_debug_mcp.server.config import build_parser, config_from_args
+
+    monkeypatch.delenv("ML_DEBUG_MCP_ROOTS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert config_from_args(build_parser().parse_args(args)).client_roots is expected
+
+
+def test_an_implicit_root_of_slash_is_refused():
+    env = {k: v for k, v in os.environ.items() if k != "ML_DEBUG_MCP_ROOTS"}
+    proc = subprocess.run([console_script()], capture_output=True, text=True, timeout=60, cwd="/", env=env,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "--root" in proc.stderr and "Traceback" not in proc.stderr

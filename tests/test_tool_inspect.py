@@ -171,3 +171,29 @@ async def test_the_installed_server_runs_the_worker_over_stdio(tmp_path: Path) -
     assert not result.is_error, _text(result)
     assert result.structured_content["output"][0]["shape"] == [3, 4]
     assert not (tmp_path / "__pycache__").exists()  # the worker runs with -B: nothing written next to user code
+
+
+MODEL_FILE = "import torch\n\ndef make():\n    return torch.nn.Linear(4, 2)\n"
+
+
+async def test_no_code_above_the_root_runs_when_the_entrypoint_sits_in_a_package(tmp_path: Path) -> None:
+    outer = tmp_path / "outer"
+    project = outer / "proj"
+    project.mkdir(parents=True)
+    marker = tmp_path / "OUTSIDE_CODE_RAN"
+    (outer / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (project / "__init__.py").write_text("")
+    (project / "model.py").write_text(MODEL_FILE)
+    async with Client(_server(project)) as client:
+        result = await client.call_tool("check_shapes", {"entrypoint": "model.py:make", "input_shapes": [[3, 4]]})
+    assert not result.is_error, result.content[0].text
+    assert not marker.exists(), "an __init__.py outside the roots was imported"
+
+
+async def test_a_module_name_that_resolves_outside_the_project_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "json.py").write_text(MODEL_FILE)
+    async with Client(_server(tmp_path)) as client:
+        shadowed = await client.call_tool("check_shapes", {"entrypoint": "json:make", "input_shapes": [[3, 4]]})
+        by_file = await client.call_tool("check_shapes", {"entrypoint": "json.py:make", "input_shapes": [[3, 4]]})
+    assert shadowed.is_error and "standard library" in shadowed.content[0].text
+    assert not by_file.is_error, by_file.content[0].text

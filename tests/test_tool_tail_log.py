@@ -6,6 +6,7 @@ import base64
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 from mcp_types import ListRootsResult, Root
@@ -212,3 +213,32 @@ async def test_long_parses_report_progress_to_the_client(root: Path):
                                            progress_callback=on_progress)
     assert not result.is_error and not diagnosis.is_error
     assert len(updates) >= 2 and updates[-1][0] == updates[-1][1] == big.stat().st_size
+
+
+async def test_a_catastrophic_grep_pattern_cannot_freeze_the_server(root: Path):
+    """`^(a+)+$` backtracks exponentially in Python's re; user patterns run on RE2 instead."""
+    (root / "runs" / "evil.log").write_text("a" * 60 + "!\n" + "step 1 | loss 2.0\n")
+    async with Client(_server(root)) as client:
+        with anyio.fail_after(30):
+            result = await client.call_tool("tail_log", {"path": "runs/evil.log", "grep": "^(a+)+$"})
+            backref = await client.call_tool("tail_log", {"path": "runs/evil.log", "grep": "(a)\\1"})
+            gpu = await client.call_tool("gpu_status", {"name_pattern": "(x+x+)+y"})
+    assert not result.is_error and result.structured_content["matches"] == 0
+    assert backref.is_error and "backreferences" in backref.content[0].text
+    assert not gpu.is_error
+
+
+async def test_files_discovered_inside_a_run_directory_cannot_link_out_of_it(root: Path, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.csv").write_text("step,secret_api_key\n1,12345\n")
+    (outside / "secret.log").write_text("step 1 | loss 9.99\n")
+    run = root / "runs" / "lightning"
+    run.mkdir()
+    (run / "metrics.csv").symlink_to(outside / "secret.csv")
+    (root / "runs" / "zz_link.log").symlink_to(outside / "secret.log")
+    async with Client(_server(root)) as client:
+        metrics = await client.call_tool("read_metrics", {"path": "runs/lightning"})
+        listing = await client.call_tool("tail_log", {"path": "runs"})
+    assert "12345" not in str(metrics.structured_content) and "secret_api_key" not in str(metrics.structured_content)
+    assert any("outside" in w for w in metrics.structured_content["warnings"])
+    assert "zz_link.log" not in str(listing.structured_content["files"])

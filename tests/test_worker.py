@@ -50,10 +50,11 @@ def test_entrypoints_resolve_only_inside_the_roots(tmp_path: Path) -> None:
     (second / "notes.txt").write_text("not python")
     roots = Roots.from_strings([str(MODELS), str(second)])
     resolved = resolve_entrypoint(roots, "pathologies.py:healthy_mlp")
-    assert resolved.task == {"file": str(MODELS / "pathologies.py"), "attr": "healthy_mlp"}
+    assert resolved.task == {"file": str(MODELS / "pathologies.py"), "root": str(MODELS), "attr": "healthy_mlp"}
     assert resolved.cwd == MODELS
     module = resolve_entrypoint(roots, "zoo.nets:build")
-    assert module.task == {"module": "zoo.nets", "sys_path": str(MODELS), "attr": "build"}
+    assert module.task == {"module": "zoo.nets", "file": str(MODELS / "zoo" / "nets.py"), "sys_path": str(MODELS),
+                           "attr": "build"}
 
     outside = tmp_path / "evil.py"
     outside.write_text("def make():\n    pass\n")
@@ -135,7 +136,8 @@ def _in_process(task: dict) -> dict:
 
 
 def test_package_modules_load_with_relative_imports_by_name_and_by_file() -> None:
-    by_module = _in_process({"op": "shapes", "entry": {"module": "zoo.nets", "sys_path": str(MODELS), "attr": "build"}})
+    by_module = _in_process({"op": "shapes", "entry": {"module": "zoo.nets", "file": str(MODELS / "zoo" / "nets.py"),
+                                                       "sys_path": str(MODELS), "attr": "build"}})
     by_file = _in_process({"op": "shapes", "entry": {"file": str(MODELS / "zoo" / "nets.py"), "attr": "build"}})
     for result in (by_module, by_file):
         assert result["failure"] is None and result["output"][0]["shape"] == [4, 2]

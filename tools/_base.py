@@ -95,6 +95,9 @@ def resolve_path(roots: Roots, raw: str, *, what: str = "path",
         raise ToolError(f"The {what} {path} does not exist.{hint} Paths are relative to {roots.primary}.")
     if expect == "file" and path.is_dir():
         raise ToolError(f"The {what} {path} is a directory; pass a file inside it.")
+    if not path.is_file() and not path.is_dir():
+        # Opening a FIFO blocks until someone writes to it; a device or socket is no log either.
+        raise ToolError(f"The {what} {path} is not a regular file (a pipe, socket or device); pass a file.")
     if expect == "dir" and not path.is_dir():
         raise ToolError(f"The {what} {path} is not a directory.")
     if not os.access(path, os.R_OK):

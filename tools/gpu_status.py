@@ -47,7 +47,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
     async def gpu_status(
         samples: Annotated[int, Field(ge=1, le=50, description="utilisation samples to take")] = 1,
         interval: Annotated[float, Field(ge=0, le=30, description="seconds between samples; (samples-1)*interval <= 30")] = 0.5,
-        pid: Annotated[int | None, Field(gt=0, description="the training process to check (default: discover them)")] = None,
+        pid: Annotated[int | None, Field(gt=0, le=4_194_304, description="the training process to check (default: discover them)")] = None,
         name_pattern: Annotated[str | None, Field(description="regex matched against command lines to find the job")] = None,
         log: Annotated[str | None, Field(description="the job's log; if the process died, the result points at it")] = None,
         ctx: Context | None = None,

@@ -253,6 +253,11 @@ def _notebook_source(text: str) -> str:
     return "\n\n".join(chunks)
 
 
+def _unscannable(reason: str) -> CodeFinding:
+    return CodeFinding(rule="syntax_error", line=0, column=0, snippet="", severity="error",
+                       message=f"{reason}, so it was not scanned")
+
+
 def scan_source(source: str, filename: str = "<source>") -> list[CodeFinding]:
     """Findings for Python source text (the same rules as `scan_code`)."""
     lines = source.splitlines()
@@ -271,18 +276,12 @@ def scan_source(source: str, filename: str = "<source>") -> list[CodeFinding]:
                 "SyntaxError before training starts",
             )
         ]
-    except (ValueError, RecursionError) as exc:
-        return [
-            CodeFinding(
-                rule="syntax_error",
-                line=0,
-                column=0,
-                snippet="",
-                severity="error",
-                message=f"the file could not be parsed ({exc}), so it was not scanned",
-            )
-        ]
-    findings = _Scanner(tree, lines).run()
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return [_unscannable(f"the file could not be parsed ({type(exc).__name__}: {exc})")]
+    try:
+        findings = _Scanner(tree, lines).run()
+    except RecursionError:  # machine-generated code nested deeper than the scanner can walk
+        return [_unscannable("the file nests expressions too deeply to walk")]
     unique: dict[tuple[str, int, int], CodeFinding] = {}
     for f in findings:
         unique.setdefault((f.rule, f.line, f.column), f)

@@ -1110,7 +1110,7 @@ _RULES: tuple[_Rule, ...] = (
           _template("DataLoader workers ran out of shared memory (/dev/shm), typical in Docker's 64 MB default", _fix("Run the container with --shm-size=16g or --ipc=host, or lower num_workers", "Workers can pass batches to the main process")), grep="shm"),
     _Rule("kernel_oom_killer", "oom", r"Out of memory: Kill(?:ed)? process \d+|\boom-kill(?:er)?\b|\boom_kill_process\b", 0.9, _explain_killed("the kernel log shows the OOM killer"), grep="oom"),
     _Rule("killed_line", "oom", r"(?m)^\s*Killed\s*$|^(?:\S+: )?(?:line \d+: )?\d+ Killed\s+\S", 0.55, _explain_killed("the shell printed 'Killed'"), grep="Killed", case_sensitive=True),
-    _Rule("exit_137", "oom", r"\bexit(?:ed)?(?:[ _]?code| status| with (?:exit )?(?:code|status))?\s*[:=]?\s*\(?(?:137|-9)\b", 0.55, _explain_killed("exit code 137 / -9"), grep="exit"),
+    _Rule("exit_137", "oom", r"\bexit(?:ed)?(?:[ _]?code| status| with (?:exit )?(?:code|status))?[ \t]{0,8}(?:[:=][ \t]{0,8})?\(?(?:137|-9)\b", 0.55, _explain_killed("exit code 137 / -9"), grep="exit"),
     _Rule("sigkill", "oom", r"\bSIGKILL\b|Signals\.SIGKILL", 0.5, _explain_killed("the process died with SIGKILL"), grep="SIGKILL", case_sensitive=True),
     # --- distributed_hang ---------------------------------------------------------------------
     _Rule("nccl_watchdog_timeout", "distributed_hang", r"Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=(\d+), OpType=(\w+)(?:, NumelIn=(\d+), NumelOut=(\d+))?, Timeout\(ms\)=(\d+)\) ran for (\d+) milliseconds before timing out", 0.92, _explain_watchdog, grep="Watchdog caught"),
