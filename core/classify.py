@@ -270,7 +270,8 @@ def _closing_steps(h: Hypothesis, log_path: str | None) -> list[NextStep]:
     steps.append(_step("write_journal", "Record the symptom, root cause and fix once the fix is verified (edit the "
                                         "resolution to say how it was verified).",
                        path="journal.md", title=f"{info.title}{onset}", symptom=symptom, root_cause=cause, fix=fix,
-                       resolution="Fix applied; verified with compare_runs on the re-run."))
+                       resolution="Fix applied; verified with compare_runs on the re-run.", failure=h.failure,
+                       evidence=[e.text for e in h.evidence[:5]]))
     steps.append(_step("create_smoke_test", "Lock the fix in with a regression test that fails if this failure "
                                             "comes back.", path=f"tests/test_{h.failure}_regression.py",
                        failure=h.failure))

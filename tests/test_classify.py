@@ -14,17 +14,19 @@ from ml_debug_mcp.core.classify import CONFIRMED, classify, classify_path, class
 from ml_debug_mcp.core.diagnosis import Diagnosis, Evidence, Hypothesis
 
 # The MCP tools and the arguments they accept: every suggested call must fit these.
-TOOL_ARGS = {
-    "tail_log": {"path", "lines", "since", "grep", "around", "format", "plot"},
-    "read_metrics": {"path", "names", "format", "rank", "max_points", "plot"},
-    "classify_failure": {"log_path", "log_text", "error_text", "code_path", "series", "format", "plot"},
-    "compare_runs": {"before_path", "after_path", "metric", "format"},
-    "gpu_status": {"samples", "interval", "pid", "name_pattern", "log"},
-    "analyze_gradients": {"entrypoint", "checkpoint", "stats_path", "input_shapes", "steps", "batch"},
-    "check_shapes": {"entrypoint", "input_shapes"},
-    "write_journal": {"path", "title", "symptom", "root_cause", "fix", "resolution"},
-    "create_smoke_test": {"path", "failure", "entrypoint"},
-}
+def _tool_arguments() -> dict[str, set[str]]:
+    """Each tool's argument names, read from the real server: next_steps must be callable as given."""
+    import anyio
+
+    from ml_debug_mcp.server.app import create_server
+
+    async def listing():
+        return await create_server().list_tools()
+
+    return {t.name: set(t.input_schema.get("properties", {})) for t in anyio.run(listing)}
+
+
+TOOL_ARGS = _tool_arguments()
 
 OOM_TRACEBACK = """Traceback (most recent call last):
   File "/home/user/train.py", line 88, in <module>
