@@ -188,41 +188,15 @@ def scan_code(path: Path) -> list[CodeFinding]:
     """Findings for one Python file (or notebook), in line order. Never raises for bad input."""
     try:
         if not path.is_file():
-            return [
-                CodeFinding(
-                    rule="unreadable",
-                    line=0,
-                    column=0,
-                    snippet="",
-                    severity="info",
-                    message=f"{path} is not a file: pass the training script itself",
-                )
-            ]
+            return [_whole_file("unreadable", f"{path} is not a file: pass the training script itself")]
         size = path.stat().st_size
         if size > MAX_CODE_BYTES:
-            return [
-                CodeFinding(
-                    rule="file_too_large",
-                    line=0,
-                    column=0,
-                    snippet="",
-                    severity="info",
-                    message=f"{path} is {size:,} bytes, over the {MAX_CODE_BYTES:,}-byte limit for a "
-                    "training script: not scanned. Pass the file that holds the training loop.",
-                )
-            ]
+            return [_whole_file("file_too_large",
+                                f"{path} is {size:,} bytes, over the {MAX_CODE_BYTES:,}-byte limit for a training "
+                                "script: not scanned. Pass the file that holds the training loop.")]
         raw = path.read_bytes()
     except OSError as exc:
-        return [
-            CodeFinding(
-                rule="unreadable",
-                line=0,
-                column=0,
-                snippet="",
-                severity="info",
-                message=f"could not read {path}: {exc.strerror or exc}",
-            )
-        ]
+        return [_whole_file("unreadable", f"could not read {path}: {exc.strerror or exc}")]
     source = _decode(raw)
     if path.suffix == ".ipynb":
         source = _notebook_source(source)
@@ -253,9 +227,9 @@ def _notebook_source(text: str) -> str:
     return "\n\n".join(chunks)
 
 
-def _unscannable(reason: str) -> CodeFinding:
-    return CodeFinding(rule="syntax_error", line=0, column=0, snippet="", severity="error",
-                       message=f"{reason}, so it was not scanned")
+def _whole_file(rule: str, message: str, severity: str = "info") -> CodeFinding:
+    """A finding about the file as a whole (unreadable, too large, unparsable): no line to point at."""
+    return CodeFinding(rule=rule, line=0, column=0, snippet="", severity=severity, message=message)
 
 
 def scan_source(source: str, filename: str = "<source>") -> list[CodeFinding]:
@@ -277,11 +251,13 @@ def scan_source(source: str, filename: str = "<source>") -> list[CodeFinding]:
             )
         ]
     except (ValueError, RecursionError, MemoryError) as exc:
-        return [_unscannable(f"the file could not be parsed ({type(exc).__name__}: {exc})")]
+        return [_whole_file("syntax_error", f"the file could not be parsed ({type(exc).__name__}: {exc}), so it was "
+                                            "not scanned", "error")]
     try:
         findings = _Scanner(tree, lines).run()
     except RecursionError:  # machine-generated code nested deeper than the scanner can walk
-        return [_unscannable("the file nests expressions too deeply to walk")]
+        return [_whole_file("syntax_error", "the file nests expressions too deeply to walk, so it was not scanned",
+                            "error")]
     unique: dict[tuple[str, int, int], CodeFinding] = {}
     for f in findings:
         unique.setdefault((f.rule, f.line, f.column), f)
