@@ -61,6 +61,7 @@ class Limits:
     chance_tolerance_known: float = 0.05  # |tail - ln k| / ln k with k known
     chance_tolerance_guess: float = 0.02  # the same with k guessed from common class counts
     chance_learned_margin: float = 0.1  # a smoothed minimum this far below ln k means it had learned
+    chance_guess_start_ratio: float = 1.5  # with k guessed, the run must start within this factor of ln k
     # --- hockey stick / slow burn
     hockey_knee_fraction: float = 0.12  # 80% of the drop done within this share of the run
     hockey_flat_gain: float = 0.05  # improvement after the knee under this share of the drop

@@ -267,7 +267,7 @@ def detect_spikes(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
         if grad is not None and len(grad) >= 5:
             g = grad.value_near(step)
             g_med = median(grad.values)
-            if g is not None and g > 3 * g_med:
+            if g is not None and g_med > 0 and g > 3 * g_med:
                 items.append(evidence(grad, f"grad norm {fmt(g)} at the same step ({g / g_med:.0f}x its median)",
                                       "grad_norm at the spike step > 3x its median", step=step, value=g))
     if len(events) > 5:
@@ -291,19 +291,22 @@ def detect_plateau(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
     head, tail = median(v[:w]), median(v[-w:])
     min_s = float(np.min(centered_median(v, w)))
     second_half = median(v[n // 2:])
+    third_quarter, last_quarter = median(v[n // 2:3 * n // 4]), median(v[3 * n // 4:])
     items: list[Evidence] = []
     confidence = 0.0
     ks, known = _chance_levels(ss)
     tolerance = limits.chance_tolerance_known if known else limits.chance_tolerance_guess
     for k in ks:
         level = math.log(k)
-        if (abs(tail - level) <= tolerance * level and abs(second_half - level) <= tolerance * level
-                and min_s >= level * (1 - limits.chance_learned_margin)):
+        sits = all(abs(x - level) <= tolerance * level for x in (tail, second_half, third_quarter, last_quarter))
+        # A guessed k proves little when the loss came down from far above ln k: a healthy run may converge there.
+        started_there = known or head <= level * limits.chance_guess_start_ratio
+        if sits and started_there and min_s >= level * (1 - limits.chance_learned_margin):
             source = "num_classes/vocab_size from the log" if known else (
                 f"num_classes unknown: ln({k}) matched loosely among common class counts and vocabulary sizes")
             items.append(evidence(c, f"{c.label} sits at {fmt(tail)} = chance level ln({k}) = {level:.4g} for the "
                                      f"second half of the run ({source})",
-                                  f"median of last {w} and of the second half within {tolerance:g} x ln k",
+                                  f"medians of the last {w}, the second half and each of its halves within {tolerance:g} x ln k",
                                   value=tail))
             confidence = 0.85 if known else 0.7
             break
