@@ -12,9 +12,10 @@ interleaved ranks do not cut each other's tracebacks.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -258,21 +259,23 @@ def extract_errors(lines: Sequence[str], first_line_no: int = 1,
     return _fold_repeats([b for _, b in blocks])[-MAX_BLOCKS:]
 
 
+@functools.cache
+def _keyword_finder() -> Any:
+    """The traceback head and every rule keyword as one RE2 automaton: one linear pass, not one per word."""
+    import re2
+
+    words = [_TRACEBACK_HEAD.lower(), *_RULE_KEYWORDS]
+    return re2.compile("(?i)" + "|".join(re.escape(word) for word in words))
+
+
 def _may_hold_errors(lines: Sequence[str]) -> bool:
-    """One literal pass over everything: most tails of healthy logs hold no error word at all."""
-    joined = "\n".join(lines).lower()
-    return "traceback (most recent call last)" in joined or any(word in joined for word in _RULE_KEYWORDS)
+    """One pass over everything: most tails of healthy logs hold no error word at all."""
+    return _keyword_finder().search("\n".join(lines)) is not None
 
 
 def _candidate_lines(texts: list[str]) -> set[int]:
-    """Indexes of lines holding a rule keyword, found by literal search over the whole stream."""
-    joined = "\n".join(texts).lower()
-    hits: list[int] = []
-    for word in _RULE_KEYWORDS:
-        i = joined.find(word)
-        while i >= 0:
-            hits.append(i)
-            i = joined.find(word, i + 1)
+    """Indexes of lines holding a rule keyword (keywords never span lines, so each such line has a match)."""
+    hits = [m.start() for m in _keyword_finder().finditer("\n".join(texts))]
     if not hits:
         return set()
     starts = [0]

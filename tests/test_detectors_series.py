@@ -384,6 +384,7 @@ def test_a_flat_loss_is_not_called_healthy() -> None:
        tau_fraction=st.floats(0.15, 0.33), seed=st.integers(0, 10_000))
 @example(n=40, noise=0.0, floor_ratio=0.3359375, tau_fraction=0.1875, seed=0)  # slides through ln 2: not a plateau
 @example(n=40, noise=0.0, floor_ratio=0.33984375, tau_fraction=0.15625, seed=0)  # converges near ln 2 from 2.0
+@example(n=40, noise=0.1484375, floor_ratio=0.25, tau_fraction=0.25, seed=8311)  # a 2.9-sigma point, calm window
 def test_noisy_healthy_decays_never_raise_an_alarm(n: int, noise: float, floor_ratio: float, tau_fraction: float,
                                                    seed: int) -> None:
     loss = decay(n, start=2.0, floor=2.0 * floor_ratio, tau=n * tau_fraction, noise=noise, seed=seed)
@@ -411,6 +412,7 @@ _ODD_VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32)
                      "throughput", "v_norm", "v_norm_max", "grad_norm_layer0"]),
     st.lists(_ODD_VALUES, min_size=0, max_size=60), min_size=1, max_size=6))
 @example(columns={"grad_norm": [0.0, 0.0, 0.0, 0.0, 1.0], "loss": [0.0] * 15 + [1.0]})  # a zero median grad norm
+@example(columns={"loss": [], "effective_rank": [1e-300] * 3})  # a constant rank: its onset is its first point
 def test_any_values_give_json_clean_hypotheses_and_never_raise(columns: dict[str, list[float]]) -> None:
     series = []
     for name, values in columns.items():

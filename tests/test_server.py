@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from mcp import Client
@@ -272,3 +274,32 @@ def test_an_implicit_root_of_slash_is_refused():
     proc = subprocess.run([console_script()], capture_output=True, text=True, timeout=60, cwd="/", env=env,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and "--root" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_a_path_check_stuck_on_a_hung_mount_does_not_stall_other_calls(tmp_path: Path, monkeypatch):
+    """A stat on a dead NFS mount blocks; it must block only its own call, not the event loop."""
+    (tmp_path / "a.log").write_text("step 1 | loss 2.0\n")
+    entered, release = threading.Event(), threading.Event()
+    real_resolve = Roots.resolve
+
+    def resolve(self: Roots, raw: str):
+        if "hung" in raw:
+            entered.set()
+            release.wait(10)
+        return real_resolve(self, raw)
+
+    monkeypatch.setattr(Roots, "resolve", resolve)
+    results = {}
+    async with Client(create_server(Config(roots=Roots.from_strings([str(tmp_path)])))) as client:
+        async def stuck() -> None:
+            results["stuck"] = await client.call_tool("tail_log", {"path": "mnt/hung.log"})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stuck)
+            await anyio.to_thread.run_sync(entered.wait, 10)
+            quick = await client.call_tool("tail_log", {"path": "a.log"})
+            finished_first = "stuck" not in results
+            release.set()
+    assert not quick.is_error and quick.structured_content["lines"][0]["text"] == "step 1 | loss 2.0"
+    assert finished_first, "the quick call waited for the stuck one"
+    assert results["stuck"].is_error and "does not exist" in results["stuck"].content[0].text

@@ -75,9 +75,16 @@ def _root_path(uri: str) -> str | None:
     return unquote(parsed.path) if parsed.scheme == "file" else None
 
 
-def resolve_path(roots: Roots, raw: str, *, what: str = "path",
-                 expect: Literal["file", "dir", "any", "new"] = "any") -> Path:
-    """Resolve a caller's path inside the roots, or raise a ToolError that says what to do."""
+async def resolve_path(roots: Roots, raw: str, *, what: str = "path",
+                       expect: Literal["file", "dir", "any", "new"] = "any") -> Path:
+    """resolve_path_now on a worker thread: a hung mount (NFS, FUSE) must not stall the other calls."""
+    return await anyio.to_thread.run_sync(
+        functools.partial(resolve_path_now, roots, raw, what=what, expect=expect), abandon_on_cancel=True)
+
+
+def resolve_path_now(roots: Roots, raw: str, *, what: str = "path",
+                     expect: Literal["file", "dir", "any", "new"] = "any") -> Path:
+    """Resolve a caller's path inside the roots, or raise a ToolError that says what to do (blocking)."""
     if not raw or not raw.strip():
         raise ToolError(f"The {what} is empty; pass a file path inside {_roots_text(roots)}.")
     try:

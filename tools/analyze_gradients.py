@@ -106,19 +106,19 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         limits = dict(python=env.python, timeout=env.worker_timeout, memory_mb=env.worker_memory_mb)
         reports: list[GradientReport] = []
         if entrypoint:
-            entry = resolve_entrypoint(roots, entrypoint)
+            entry = await run_blocking(None, resolve_entrypoint, roots, entrypoint)
             shapes, dtypes = check_inputs(input_shapes, dtype)
             task = gradient_task(entry.task, input_shapes=shapes, dtypes=dtypes, steps=steps, lr=lr,
                                  optimizer=optimizer, loss=loss)
             reports.append(await run_blocking(ctx, analyze_model, task, cwd=entry.cwd, target=entry.label, top=top,
                                               **limits))
         if checkpoint and checkpoint_after:
-            before = resolve_path(roots, checkpoint, what="checkpoint", expect="file")
-            after = resolve_path(roots, checkpoint_after, what="checkpoint_after", expect="file")
+            before = await resolve_path(roots, checkpoint, what="checkpoint", expect="file")
+            after = await resolve_path(roots, checkpoint_after, what="checkpoint_after", expect="file")
             reports.append(await run_blocking(ctx, compare_checkpoints, before, after, steps_between=steps_between,
                                               cwd=before.parent, top=top, **limits))
         if stats_path:
-            stats = resolve_path(roots, stats_path, what="stats_path", expect="file")
+            stats = await resolve_path(roots, stats_path, what="stats_path", expect="file")
             reports.append(await run_blocking(ctx, summarize_probe_stats, stats, top=top))
         analysis = GradientAnalysis(verdict=overall_verdict(reports), reports=reports)
         return tool_result(analysis, summarize(analysis))

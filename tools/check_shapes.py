@@ -56,7 +56,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         from ml_debug_mcp.core.shapes import check_inputs, check_model_shapes, shape_task
         from ml_debug_mcp.core.worker import resolve_entrypoint
 
-        entry = resolve_entrypoint(await effective_roots(env, ctx), entrypoint)
+        entry = await run_blocking(None, resolve_entrypoint, await effective_roots(env, ctx), entrypoint)
         shapes, dtypes = check_inputs(input_shapes, dtype)
         report = await run_blocking(ctx, check_model_shapes, shape_task(entry.task, shapes, dtypes),
                                     python=env.python, timeout=env.worker_timeout, memory_mb=env.worker_memory_mb,

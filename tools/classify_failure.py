@@ -124,8 +124,8 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
             raise ToolError("Give at least one piece of evidence: log_path (best), log_text, error_text, series or "
                             "code_path. Start with tail_log if you do not know where the log is.")
         roots = await effective_roots(env, ctx)
-        log = resolve_path(roots, log_path, what="log_path") if log_path else None
-        code = resolve_path(roots, code_path, what="code_path", expect="file") if code_path else None
+        log = await resolve_path(roots, log_path, what="log_path") if log_path else None
+        code = await resolve_path(roots, code_path, what="code_path", expect="file") if code_path else None
         diagnosis = await run_blocking(ctx, diagnose, log, log_text, error_text, code, series, format, log_path)
         images = await run_blocking(None, _plot, diagnosis, log, log_text, series, format) if plot else []
         return tool_result(diagnosis, summarize(diagnosis), images)

@@ -52,7 +52,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         from ml_debug_mcp.core.series import canonical_metric_name
 
         roots = await effective_roots(env, ctx)
-        before = resolve_path(roots, before_path, what="before_path")
-        after = resolve_path(roots, after_path, what="after_path")
+        before = await resolve_path(roots, before_path, what="before_path")
+        after = await resolve_path(roots, after_path, what="after_path")
         comparison = await run_blocking(ctx, compare_paths, before, after, canonical_metric_name(metric), format)
         return tool_result(comparison, summarize(comparison))

@@ -13,7 +13,7 @@ from pydantic import Field
 from ml_debug_mcp.core.catalogue import FailureId
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 from ml_debug_mcp.core.smoke import MAX_INPUT_DIMS, SmokeTestResult
-from ml_debug_mcp.tools._base import WRITES_FILES, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
+from ml_debug_mcp.tools._base import WRITES_FILES, ToolEnv, effective_roots, resolve_path_now, run_blocking, tool_result, \
     translate_errors
 
 MAX_OUTPUT_LINES_IN_SUMMARY = 25
@@ -39,7 +39,7 @@ def _test_path(roots: Roots, raw: str) -> Path:
     from ml_debug_mcp.core.smoke import make_tests_folder
 
     make_tests_folder(_inside_roots(roots, raw))
-    return resolve_path(roots, raw, what="test path", expect="new")
+    return resolve_path_now(roots, raw, what="test path", expect="new")
 
 
 def _inside_roots(roots: Roots, raw: str) -> Path:

@@ -55,7 +55,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         from ml_debug_mcp.core.host import host_status, validate_sampling
 
         validate_sampling(samples, interval)
-        log_path = resolve_path(await effective_roots(env, ctx), log, what="log") if log else None
+        log_path = await resolve_path(await effective_roots(env, ctx), log, what="log") if log else None
         status = await run_blocking(ctx, host_status, samples=samples, interval=interval, pid=pid,
                                     name_pattern=name_pattern, log_path=log_path)
         return tool_result(status, summarize(status))

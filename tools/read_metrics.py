@@ -119,7 +119,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
     ) -> Annotated[CallToolResult, ReadMetricsResult]:
         from ml_debug_mcp.core.metrics import parse_metrics
 
-        target = resolve_path(await effective_roots(env, ctx), path, what="path")
+        target = await resolve_path(await effective_roots(env, ctx), path, what="path")
         parsed = await run_blocking(ctx, parse_metrics, target, format, max_points=max_points)
         result = read_metrics_model(parsed, names, rank)
         images = []

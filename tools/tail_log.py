@@ -100,7 +100,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
     ) -> Annotated[CallToolResult, TailResult]:
         from ml_debug_mcp.core.tail import tail_file
 
-        target = resolve_path(await effective_roots(env, ctx), path, what="log path")
+        target = await resolve_path(await effective_roots(env, ctx), path, what="log path")
         result = await run_blocking(ctx, tail_file, target, lines=lines, since=since, grep=grep, around=around,
                                     fmt=format)
         images = []

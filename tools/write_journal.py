@@ -62,7 +62,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
                         Field(description="plain words, e.g. ['numerics', 'amp']", max_length=MAX_TAGS)] = None,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, JournalWriteResult]:
-        target = resolve_path(await effective_roots(env, ctx), path, what="journal path", expect="new")
+        target = await resolve_path(await effective_roots(env, ctx), path, what="journal path", expect="new")
         result = await run_blocking(ctx, _append, target, title=title, symptom=symptom, root_cause=root_cause,
                                     fix=fix, resolution=resolution, failure=failure, evidence=evidence or [],
                                     verification=verification, tags=tags or [])

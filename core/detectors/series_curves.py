@@ -215,8 +215,12 @@ def _spike_events(c: Curve, limits: Limits) -> list[dict]:
     windows = np.lib.stride_tricks.sliding_window_view(v[:-1], w)  # windows[i] = v[i : i+w], judged at i+w
     med = np.median(windows, axis=1)
     spread = 1.4826 * np.median(np.abs(windows - med[:, None]), axis=1)
-    spread = np.maximum(spread, np.maximum(1e-3 * np.abs(med), 1e-12))
     smooth = centered_median(v, w)
+    # A few-point window can look calm by chance; the curve's own relative noise bounds the spread from below.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(np.abs(smooth) > 1e-12, v / smooth - 1.0, 0.0)
+    noise = mad(relative[np.isfinite(relative)])
+    spread = np.maximum(spread, np.maximum(max(noise, 1e-3) * np.abs(med), 1e-12))
     floor = limits.spike_min_range_share * float(smooth.max() - smooth.min())
     events = []
     i = w

@@ -291,7 +291,7 @@ def detect_rank_collapse(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothe
             items.append(evidence(loss, f"meanwhile the loss improved {fmt(lh)} -> {fmt(lt)}: convergence looks "
                                         "great while diversity is gone",
                                   f"median of first vs last {w} loss points", value=lt))
-    onset_i = int(np.nonzero(r.values < max(limits.effective_rank_low * head, tail))[0][0]) if head > 0 else 0
+    onset_i = int(np.nonzero(r.values <= max(limits.effective_rank_low * head, tail))[0][0]) if head > 0 else 0
     return [hypothesis("rank_collapse", confidence, items, r.step_at(onset_i))]
 
 
