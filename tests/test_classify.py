@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import training_runs as tr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ml_debug_mcp.core.classify import CONFIRMED, classify, classify_path, classify_text, merge_hypotheses
 from ml_debug_mcp.core.diagnosis import Diagnosis, Evidence, Hypothesis
 
@@ -250,3 +252,17 @@ def test_importing_classify_stays_light() -> None:
             "print(sorted(m for m in ('numpy', 'torch', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+_LOG_WORDS = st.sampled_from([
+    "loss", "nan", "inf", "step", "lr", "grad_norm", "CUDA", "out of memory", "Traceback (most recent call last):",
+    "RuntimeError:", "NCCL", "Killed", "exit code", "[rank1]:", "{'loss': ", "}", "=", ":", "|", "\n", "\r", " ",
+    "1e999", "-0.0", "12", "3.5", "epoch", "eval_loss", "accuracy", "size mismatch", "shape", "[", "]"])
+_LOG_SOUP = st.lists(_LOG_WORDS | st.text(max_size=5), max_size=300).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_LOG_SOUP, error_text=st.none() | _LOG_SOUP)
+def test_any_log_and_error_text_gives_a_json_clean_diagnosis(text: str, error_text: str | None) -> None:
+    diagnosis = classify_text(text, error_text=error_text)
+    json.dumps(diagnosis.model_dump(mode="json"), allow_nan=False)

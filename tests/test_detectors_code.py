@@ -211,6 +211,13 @@ def test_syntax_error_is_a_finding(tmp_path):
     assert code_hypotheses([finding]) == []
 
 
+def test_pasted_source_with_a_byte_order_mark_is_scanned_and_its_warnings_stay_quiet(recwarn):
+    source = "\ufeffimport torch\nfor x in loader:\n    y = 1if x else 0\n    loss.backward()\n"
+    findings = scan_source(source)
+    assert "syntax_error" not in [f.rule for f in findings]
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
+
+
 def test_oversized_unreadable_and_missing_files_are_refused_with_a_reason(tmp_path, monkeypatch):
     big = tmp_path / "generated.py"
     big.write_text("x = 1\n" * 50)

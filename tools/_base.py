@@ -61,8 +61,8 @@ async def effective_roots(env: ToolEnv, ctx: Context | None) -> Roots:
     except Exception as exc:  # a client that advertises roots but cannot answer must not break the call
         log.debug("client roots unavailable: %r", exc)
         return env.roots
-    extra = [_root_path(str(r.uri)) for r in listed.roots]
-    extra = [p for p in extra if p and os.path.isdir(p)]
+    offered = [_root_path(str(r.uri)) for r in listed.roots]
+    extra = await anyio.to_thread.run_sync(lambda: [p for p in offered if p and os.path.isdir(p)])
     if not extra:
         return env.roots
     return Roots.from_strings([str(p) for p in env.roots.paths] + extra)

@@ -16,6 +16,7 @@ import io
 import json
 import re
 import tokenize
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,9 +235,12 @@ def _whole_file(rule: str, message: str, severity: str = "info") -> CodeFinding:
 
 def scan_source(source: str, filename: str = "<source>") -> list[CodeFinding]:
     """Findings for Python source text (the same rules as `scan_code`)."""
+    source = source.removeprefix("\ufeff")  # Python itself accepts a byte-order mark; pasted text may keep it
     lines = source.splitlines()
     try:
-        tree = ast.parse(source, filename=filename)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # the user's `1if x` is theirs to fix, not our stderr's
+            tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
         line = exc.lineno or 0
         return [
