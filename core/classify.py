@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ml_debug_mcp.core.catalogue import failure_info
-from ml_debug_mcp.core.diagnosis import Diagnosis, Evidence, Hypothesis, NextStep
+from ml_debug_mcp.core.compare import target_metric
+from ml_debug_mcp.core.diagnosis import Diagnosis, Evidence, Hypothesis, NextStep, confidence_text
 from ml_debug_mcp.core.series import ParsedLog, SeriesBuilder, canonical_metric_name
 
 CONFIRMED = 0.8  # at or above: the diagnosis stands; below: say what evidence is missing
@@ -190,7 +192,7 @@ def apply_explanations(hypotheses: list[Hypothesis]) -> None:
             raised = max(mechanism.confidence, min(0.99, effect.confidence + 0.05))
             mechanism.confidence = round(min(0.99, max(raised, _noisy_or(mechanism.confidence, effect.confidence * 0.5))), 3)
             note = Evidence(kind="summary", text=f"explains the {symptom.replace('_', ' ')} seen in the same run "
-                                                 f"({effect.confidence:.2f})", rule=f"classify.explains:{cause}->{symptom}")
+                                                 f"({confidence_text(effect.confidence)})", rule=f"classify.explains:{cause}->{symptom}")
             _union(mechanism.evidence, [note], key=lambda e: e.text)
 
 
@@ -241,7 +243,7 @@ def _confirming_steps(h: Hypothesis, log_path: str | None, code_path: str | None
             steps.append(_step(tool, why + ". Pass code_path=<the training script>.", log_path=log_path))
         elif tool == "compare_runs":
             steps.append(_step(tool, why + ". Pass the fixed run's log as after_path.", before_path=log_path,
-                               metric="loss"))
+                               metric=target_metric(h.failure, available or None)))
         elif tool == "gpu_status":
             steps.append(_step(tool, why, samples=5, interval=1.0))
         elif tool in ("analyze_gradients", "check_shapes"):
@@ -255,7 +257,7 @@ def _confirming_steps(h: Hypothesis, log_path: str | None, code_path: str | None
     return steps
 
 
-def _closing_steps(h: Hypothesis, log_path: str | None) -> list[NextStep]:
+def _closing_steps(h: Hypothesis, log_path: str | None, available: set[str]) -> list[NextStep]:
     """For a confirmed failure: verify the fix, journal it, lock it in with a regression test."""
     info = failure_info(h.failure)
     symptom = h.evidence[0].text if h.evidence else info.description
@@ -266,7 +268,8 @@ def _closing_steps(h: Hypothesis, log_path: str | None) -> list[NextStep]:
     if log_path:
         steps.append(_step("compare_runs", "After applying the fix and re-running, check the pathology is gone, the "
                                            "metric improved >= 10% and the run stayed stable; pass the new log as "
-                                           "after_path.", before_path=log_path, metric="loss"))
+                                           "after_path.", before_path=log_path,
+                           metric=target_metric(h.failure, available or None)))
     steps.append(_step("write_journal", "Record the symptom, root cause and fix once the fix is verified (edit the "
                                         "resolution to say how it was verified).",
                        path="journal.md", title=f"{info.title}{onset}", symptom=symptom, root_cause=cause, fix=fix,
@@ -299,7 +302,7 @@ def _missing_evidence(top: Hypothesis | None, parsed: ParsedLog | None, log_path
     if top.confidence >= CONFIRMED:
         return []
     missing = [m for m in CONFIRMING_METRICS.get(top.failure, ()) if m not in available]
-    notes.append(f"{top.failure} is at {top.confidence:.2f} (< {CONFIRMED}): the evidence is one weak or ambiguous "
+    notes.append(f"{top.failure} is at {confidence_text(top.confidence)} (< {CONFIRMED}): the evidence is one weak or ambiguous "
                  "signal.")
     if missing:
         notes.append(f"Log {', '.join(missing)} per step: these series would confirm or rule out {top.failure}.")
@@ -318,15 +321,15 @@ def _summary(ranked: list[Hypothesis], notes: list[str]) -> str:
     lead = top.evidence[0].text if top.evidence else info.description
     if top.failure == "healthy":
         weak = [h for h in ranked[1:] if h.failure != "healthy"]
-        text = f"The run looks healthy (confidence {top.confidence:.2f}): {lead}."
+        text = f"The run looks healthy (confidence {confidence_text(top.confidence)}): {lead}."
         if weak:
-            text += " Weak signals below the alarm level: " + ", ".join(f"{h.failure} ({h.confidence:.2f})" for h in weak) + "."
+            text += " Weak signals below the alarm level: " + ", ".join(f"{h.failure} ({confidence_text(h.confidence)})" for h in weak) + "."
         return text
     onset = f" from step {top.onset_step:g}" if top.onset_step is not None else ""
-    text = f"Most likely {info.title} ({top.failure}, confidence {top.confidence:.2f}){onset}: {lead}."
+    text = f"Most likely {info.title} ({top.failure}, confidence {confidence_text(top.confidence)}){onset}: {lead}."
     others = [h for h in ranked[1:] if h.failure != "healthy"][:3]
     if others:
-        text += " Also considered: " + ", ".join(f"{h.failure} ({h.confidence:.2f})" for h in others) + "."
+        text += " Also considered: " + ", ".join(f"{h.failure} ({confidence_text(h.confidence)})" for h in others) + "."
         if others[0].confidence >= HEALTHY_VETO and top.confidence - others[0].confidence < 0.1:
             text += " The top two are close: the next steps below tell them apart."
     if top.fixes:
@@ -400,7 +403,7 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
                key=lambda s: (s.tool, repr(sorted(s.arguments.items()))))
     top = ranked[0] if ranked else None
     if top is not None and top.failure != "healthy" and top.confidence >= CONFIRMED:
-        top.next_steps += _closing_steps(top, log_path)
+        top.next_steps += _closing_steps(top, log_path, available)
     had_errors = bool(blocks) or bool(error_text and error_text.strip())
     notes = _missing_evidence(top, parsed, log_path, had_errors, code_path is not None)
     return Diagnosis(hypotheses=ranked, summary=_summary(ranked, notes), needs_more_evidence=notes)
@@ -428,22 +431,38 @@ def classify_path(path: Path, fmt: str | None = None, *, log_path: str | None = 
     `path` is already resolved inside the roots; `log_path` is how the caller named it (defaults
     to `path`), used in suggested tool calls. Raises ValueError only for an unknown `fmt`.
     """
+    evidence = read_log_evidence(Path(path), fmt, progress)
+    return classify(evidence.parsed, error_text=error_text, code_path=code_path, log_path=log_path or str(path),
+                    series=series, error_blocks=evidence.blocks, tail_text=evidence.tail_text,
+                    tail_first_line=evidence.tail_first_line)
+
+
+@dataclass
+class LogEvidence:
+    """What a log file offers classify: its metric series, the error blocks and the text of its end."""
+
+    parsed: ParsedLog
+    blocks: list[Any]
+    tail_text: str | None
+    tail_first_line: int
+
+
+def read_log_evidence(path: Path, fmt: str | None = None,
+                      progress: Callable[[float, float | None, str | None], None] | None = None) -> LogEvidence:
+    """Parse a log (or run directory) and cut the errors out of its last 256 KB; never raises but for `fmt`."""
     from ml_debug_mcp.core.tail import tail_file
 
-    path = Path(path)
     parsed = parse_safely(path=path, fmt=fmt, progress=progress)
-    blocks: list[Any] = []
-    tail_text, first_line = None, 1
+    evidence = LogEvidence(parsed, [], None, 1)
     if path.is_file():
         try:
             tail = tail_file(path, lines=TAIL_LINES_SCANNED)
         except Exception as exc:
             parsed.warnings.append(f"error scan of the log tail failed ({type(exc).__name__}: {exc})")
         else:
-            blocks = tail.errors
+            evidence.blocks = list(tail.errors)
             parsed.warnings += [w for w in tail.warnings if w not in parsed.warnings]
             if tail.lines:
-                tail_text = "\n".join(line.text for line in tail.lines)
-                first_line = tail.lines[0].line_no or 1
-    return classify(parsed, error_text=error_text, code_path=code_path, log_path=log_path or str(path), series=series,
-                    error_blocks=blocks, tail_text=tail_text, tail_first_line=first_line)
+                evidence.tail_text = "\n".join(line.text for line in tail.lines)
+                evidence.tail_first_line = tail.lines[0].line_no or 1
+    return evidence

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from ml_debug_mcp.core.catalogue import THRESHOLDS
-from ml_debug_mcp.core.diagnosis import Diagnosis, Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis import Diagnosis, Evidence, Hypothesis, confidence_text
 from ml_debug_mcp.core.series import MetricSeries, ParsedLog, canonical_metric_name
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,21 @@ PATHOLOGY_FLOOR = 0.5  # a hypothesis this confident counts as a pathology of th
 NEW_PATHOLOGY_FLOOR = 0.6  # ...and this confident for a pathology the old run did not have
 HIGHER_IS_BETTER = frozenset({"accuracy", "eval_accuracy", "reward", "throughput", "effective_rank"})
 TAIL_POINTS = 10  # the metric's level is the median of this many last points before the horizon
+
+
+# Failures that stop the run: an error, not a curve shape.
+CRASHES = frozenset({"oom", "shape_mismatch", "graph_reuse", "device_mismatch", "dtype_mismatch", "cuda_assert",
+                     "distributed_hang"})
+
+# The metric a fix of each failure should move, when the run logs it; anything else is judged on the loss.
+TARGET_METRICS = {"overfitting": "eval_loss", "mode_collapse": "reward", "rank_collapse": "effective_rank",
+                  "slow_throughput": "throughput"}
+
+
+def target_metric(failure: str | None, logged: set[str] | None = None) -> str:
+    """Regularising an overfit model raises its train loss on purpose: judge it on eval loss, and so on."""
+    wanted = TARGET_METRICS.get(failure or "")
+    return wanted if wanted is not None and (logged is None or wanted in logged) else "loss"
 
 
 class Comparison(BaseModel):
@@ -81,18 +96,27 @@ def _span(parsed: ParsedLog) -> tuple[float | None, float | None]:
     return (min(firsts) if firsts else None), (max(lasts) if lasts else None)
 
 
-def compare_runs(before: ParsedLog, after: ParsedLog, metric: str = "loss") -> Comparison:
-    """Judge the re-run `after` against the failed run `before` on `metric` (a trainer or canonical name)."""
+def compare_runs(before: ParsedLog, after: ParsedLog, metric: str | None = None,
+                 diagnoses: tuple[Diagnosis, Diagnosis] | None = None) -> Comparison:
+    """Judge the re-run `after` against the failed run `before` on `metric` (a trainer or canonical name;
+    by default the one the old run's main failure calls for, see `target_metric`).
+
+    `diagnoses` are the two runs' full classifications (errors included) when the caller has them;
+    otherwise only the metric series are classified.
+    """
     from ml_debug_mcp.core.classify import classify
 
-    name = canonical_metric_name(metric)
-    lower_is_better = name not in HIGHER_IS_BETTER
     need_gain = float(THRESHOLDS["fix_improvement"].value)
     min_steps = float(THRESHOLDS["stability_steps"].value)
     multiple = float(THRESHOLDS["stability_failure_multiple"].value)
 
-    dx_before, dx_after = classify(before), classify(after)
+    dx_before, dx_after = diagnoses or (classify(before), classify(after))
     old = _pathologies(dx_before, PATHOLOGY_FLOOR)
+    if metric is None:
+        main = next((h.failure for h in dx_before.hypotheses if h.failure in old), None)
+        metric = target_metric(main, set(before.names) & set(after.names))
+    name = canonical_metric_name(metric)
+    lower_is_better = name not in HIGHER_IS_BETTER
     now = _pathologies(dx_after, PATHOLOGY_FLOOR)
     resolved = [f for f in old if f not in now]
     persisting = [f for f in old if f in now]
@@ -101,12 +125,12 @@ def compare_runs(before: ParsedLog, after: ParsedLog, metric: str = "loss") -> C
     for f in old:
         h = old[f]
         state = "persists" if f in now else "is gone"
-        evidence.append(Evidence(kind="summary", text=f"{f} ({h.confidence:.2f} before) {state} in the new run"
-                                 + (f" ({now[f].confidence:.2f}): {now[f].evidence[0].text}" if f in now and now[f].evidence else ""),
+        evidence.append(Evidence(kind="summary", text=f"{f} ({confidence_text(h.confidence)} before) {state} in the new run"
+                                 + (f" ({confidence_text(now[f].confidence)}): {now[f].evidence[0].text}" if f in now and now[f].evidence else ""),
                                  rule=f"classify both runs; a pathology is a hypothesis >= {PATHOLOGY_FLOOR}"))
     for f in new:
         h = now[f]
-        evidence.append(Evidence(kind="summary", text=f"new in the re-run: {f} ({h.confidence:.2f})"
+        evidence.append(Evidence(kind="summary", text=f"new in the re-run: {f} ({confidence_text(h.confidence)})"
                                  + (f": {h.evidence[0].text}" if h.evidence else ""),
                                  rule=f"hypothesis >= {NEW_PATHOLOGY_FLOOR} absent from the old run"))
 
@@ -160,6 +184,18 @@ def compare_runs(before: ParsedLog, after: ParsedLog, metric: str = "loss") -> C
                                       + (f" {relative_failure:g}" if relative_failure is not None else ", unknown") + "))",
                                  rule="stability_steps / stability_failure_multiple from the catalogue thresholds"))
     stable_ok = stable_steps is not None and stable_steps >= required
+    if headline is not None and headline.failure in CRASHES and headline.failure not in persisting:
+        # A crash fix is judged by getting past the crash, not by a better loss (a smaller batch may even raise it).
+        _, last_before = _span(before)
+        ran_past = last_after is not None and (last_before is None or last_after > last_before)
+        where = f"at step {last_before:g}" if last_before is not None else "before logging any metric"
+        evidence.append(Evidence(kind="summary", step=last_after, text=(
+            f"the old run stopped {where} ({headline.failure}); the new run "
+            + (f"reached step {last_after:g} without it" if ran_past else "did not get further")),
+            rule="a crash is fixed when the re-run gets past the point where the old run stopped"))
+        gain_ok = gain_ok or ran_past
+    if first_after is None:  # nothing to read: no claim about what is gone
+        resolved, persisting = [], []
 
     verdict = _verdict(old, resolved, persisting, new, improvement, need_gain, gain_ok, stable_ok, stable_steps)
     comparison = Comparison(
@@ -193,6 +229,9 @@ def _verdict(old: dict, resolved: list[str], persisting: list[str], new: list[st
 
 
 def _summary(c: Comparison, gain_ok: bool, stable_ok: bool) -> str:
+    if c.stable_steps is None:
+        return ("Not fixed: the re-run's log holds no metric series, so nothing shows the fix worked; pass the "
+                "re-run's training log (or its run directory) as after_path.")
     parts = []
     if c.pathologies_before:
         if c.resolved:
@@ -204,8 +243,11 @@ def _summary(c: Comparison, gain_ok: bool, stable_ok: bool) -> str:
     if c.new:
         parts.append(f"new in the re-run: {', '.join(c.new)}")
     if c.improvement is not None:
-        parts.append(f"{c.metric} {100 * c.improvement:+.1f}% at step {c.horizon_step:g} "
-                     f"({'meets' if gain_ok else 'short of'} the {100 * c.required_improvement:g}% bar)")
+        meets = c.improvement >= c.required_improvement
+        bar = f"{'meets' if meets else 'short of'} the {100 * c.required_improvement:g}% bar"
+        if gain_ok and not meets:
+            bar += ", not needed: the re-run got past the old run's crash"
+        parts.append(f"{c.metric} {100 * c.improvement:+.1f}% at step {c.horizon_step:g} ({bar})")
     elif c.improvement_note:
         parts.append(c.improvement_note)
     if c.stable_steps is not None:
@@ -216,8 +258,12 @@ def _summary(c: Comparison, gain_ok: bool, stable_ok: bool) -> str:
     return f"{head}: " + "; ".join(parts) + "."
 
 
-def compare_paths(before: Path, after: Path, metric: str = "loss", fmt: str | None = None) -> Comparison:
-    """compare_runs on two log files (already resolved inside the roots)."""
-    from ml_debug_mcp.core.classify import parse_safely
+def compare_paths(before: Path, after: Path, metric: str | None = None, fmt: str | None = None) -> Comparison:
+    """compare_runs on two log files (already resolved inside the roots), their errors included: an OOM or a
+    shape error that is still there after the fix shows up in the log, not in the metrics."""
+    from ml_debug_mcp.core.classify import classify, read_log_evidence
 
-    return compare_runs(parse_safely(path=Path(before), fmt=fmt), parse_safely(path=Path(after), fmt=fmt), metric=metric)
+    runs = [read_log_evidence(Path(p), fmt) for p in (before, after)]
+    diagnoses = tuple(classify(run.parsed, log_path=str(p), error_blocks=run.blocks, tail_text=run.tail_text,
+                               tail_first_line=run.tail_first_line) for run, p in zip(runs, (before, after)))
+    return compare_runs(runs[0].parsed, runs[1].parsed, metric=metric, diagnoses=diagnoses)

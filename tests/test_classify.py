@@ -25,10 +25,12 @@ def _tool_arguments() -> dict[str, set[str]]:
     async def listing():
         return await create_server().list_tools()
 
-    return {t.name: set(t.input_schema.get("properties", {})) for t in anyio.run(listing)}
+    tools = anyio.run(listing)
+    return ({t.name: set(t.input_schema.get("properties", {})) for t in tools},
+            {t.name: set(t.input_schema.get("required", [])) for t in tools})
 
 
-TOOL_ARGS = _tool_arguments()
+TOOL_ARGS, TOOL_REQUIRED = _tool_arguments()
 
 OOM_TRACEBACK = """Traceback (most recent call last):
   File "/home/user/train.py", line 88, in <module>
@@ -70,7 +72,26 @@ def check_next_steps(d: Diagnosis) -> None:
         for step in h.next_steps:
             assert step.tool in TOOL_ARGS, step.tool
             assert set(step.arguments) <= TOOL_ARGS[step.tool], (step.tool, step.arguments)
+            assert set(step.missing) >= TOOL_REQUIRED[step.tool] - set(step.arguments), (step.tool, step.missing)
+            assert not set(step.missing) & set(step.arguments)
             assert step.why
+
+
+def test_the_required_arguments_table_is_the_tools_schemas() -> None:
+    from ml_debug_mcp.core.diagnosis import ONE_OF_ARGUMENTS, REQUIRED_ARGUMENTS
+
+    assert {tool: set(args) for tool, args in REQUIRED_ARGUMENTS.items()} == {
+        tool: required for tool, required in TOOL_REQUIRED.items() if required}
+    assert all(set(options) <= TOOL_ARGS[tool] for tool, options in ONE_OF_ARGUMENTS.items())
+
+
+def test_steps_the_server_cannot_complete_name_what_is_missing() -> None:
+    d = classify_text("", error_text=OOM_TRACEBACK)  # no log path: tail_log cannot be pointed anywhere
+    steps = [s for h in d.hypotheses for s in h.next_steps]
+    check_next_steps(d)
+    assert any(s.missing for s in steps)
+    assert all("path" in s.missing for s in steps if s.tool == "tail_log")
+    assert all("after_path" in s.missing for s in steps if s.tool == "compare_runs")
 
 
 # ------------------------------------------------------------------------------------------------

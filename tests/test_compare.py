@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -99,3 +100,42 @@ def test_compare_paths_reads_both_logs_through_the_parsers(tmp_path: Path) -> No
     c = compare_paths(before, after)
     assert c.verdict == "fixed"
     assert c.summary.startswith("Fixed:")
+
+
+def test_an_overfitting_fix_is_judged_on_eval_loss_by_default() -> None:
+    c = compare_runs(tr.to_parsed(tr.run("overfitting")), tr.to_parsed(tr.run("healthy")))
+    assert c.metric == "eval_loss", "regularisation raises the train loss on purpose"
+    assert compare("overfitting", "healthy", metric="loss").metric == "loss", "an explicit metric wins"
+
+
+OOM = """Traceback (most recent call last):
+  File "train.py", line 88, in <module>
+    loss.backward()
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.65 GiB of which 1.12 GiB is free.
+"""
+
+
+def _crashed_log(path: Path, steps: int) -> Path:
+    """A real run's log cut at `steps` records, ending in the OOM traceback that stopped it."""
+    run = copy.copy(tr.run("healthy"))  # runs are cached: never cut the shared one
+    run.records = run.records[:steps]
+    tr.write_log(run, path, "kv")
+    with open(path, "a") as fh:
+        fh.write(OOM)
+    return path
+
+
+def test_a_crash_is_fixed_when_the_rerun_gets_past_it_and_not_when_it_crashes_again(tmp_path: Path) -> None:
+    before = _crashed_log(tmp_path / "oom.log", 60)
+    again = compare_paths(before, _crashed_log(tmp_path / "oom_again.log", 60))
+    assert again.verdict == "not_fixed" and "oom" in again.persisting, again.summary
+    fixed = compare_paths(before, tr.write_log(tr.run("healthy"), tmp_path / "after.log", "kv"))
+    assert fixed.verdict == "fixed" and "oom" in fixed.resolved, fixed.summary
+    assert any("got past the old run's crash" in fixed.summary or "reached step" in e.text for e in fixed.evidence)
+
+
+def test_a_rerun_log_without_metrics_proves_nothing(tmp_path: Path) -> None:
+    before = tr.write_log(tr.run("lr_too_high_early_nan"), tmp_path / "before.log", "kv")
+    (tmp_path / "after.log").write_text("starting training\nloading data\n")
+    c = compare_paths(before, tmp_path / "after.log")
+    assert c.verdict == "not_fixed" and c.resolved == [] and "holds no metric series" in c.summary

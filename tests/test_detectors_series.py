@@ -157,6 +157,32 @@ def test_divergence_onset_follows_the_minimum_and_cites_the_warmup_peak() -> Non
     assert any("chance level" in e.text for e in h.evidence)
 
 
+def test_a_blow_up_in_the_last_steps_is_divergence_and_a_flat_noisy_end_is_not() -> None:
+    loss = decay(400, noise=0.02)
+    loss[380:] = loss[379] + np.linspace(0.5, 10.0, 20)  # the last 5% climb 100x: still rising, no plateau yet
+    h = strongest(series_log({"loss": list(loss)}), "divergence")
+    assert h is not None and h.confidence >= 0.8 and 379 <= h.onset_step <= 386
+    assert "over the last 5 points" in h.evidence[0].text
+    quiet = decay(400, noise=0.15)  # noisy floor: a 5-point tail often sits 2x over some 5-point minimum
+    assert strongest(series_log({"loss": list(quiet)}), "divergence") is None
+
+
+def test_an_exponential_blow_up_from_the_first_step_is_divergence_judged_in_log_space() -> None:
+    rng = np.random.default_rng(3)
+    loss = 600.0 * np.exp(np.minimum(np.arange(80), 40) * 1.0) * np.exp(rng.standard_normal(80))  # lr=8: 1e2 -> 1e20
+    h = strongest(series_log({"loss": list(loss), "grad_norm": list(loss ** 0.5)}), "divergence")
+    assert h is not None and "never improved" in h.evidence[0].text and "geometric" in h.evidence[0].rule
+
+
+def test_a_kl_term_does_not_make_a_run_rl_so_the_loss_curve_is_still_judged() -> None:
+    loss = decay(300, noise=0.02)
+    loss[150:] = loss[149] + np.linspace(0.0, 6.0, 150)
+    columns = {"loss": list(loss), "kl": list(np.full(300, 0.3))}  # a VAE / distillation KL term
+    assert strongest(series_log(columns), "divergence") is not None
+    columns["reward"] = list(np.linspace(0.1, 0.9, 300))  # with a reward it is RL: the loss is a surrogate
+    assert strongest(series_log(columns), "divergence") is None
+
+
 def test_a_recovering_spike_is_not_divergence() -> None:
     parsed = tr.to_parsed(tr.run("loss_spike"))
     assert strongest(parsed, "divergence") is None

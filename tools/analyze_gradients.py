@@ -9,6 +9,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
+from ml_debug_mcp.core.diagnosis import confidence_text
 from ml_debug_mcp.core.gradients import DEFAULT_TOP, MAX_TOP, GradientAnalysis, GradientReport, LayerGradient, fmt
 from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, resolve_path, run_blocking, \
     tool_result, translate_errors
@@ -30,7 +31,7 @@ def _report_lines(r: GradientReport) -> list[str]:
         lines.append(f"global grad norm (last): {(r.global_grad_nonfinite or '').upper() or fmt(r.global_grad_norm)}")
     for h in r.hypotheses[:3]:
         onset = f", from step {h.onset_step:g}" if h.onset_step is not None else ""
-        lines.append(f"- {h.failure} (confidence {h.confidence:.2f}{onset})")
+        lines.append(f"- {h.failure} (confidence {confidence_text(h.confidence)}{onset})")
         lines += [f"    evidence: {e.text}" for e in h.evidence[:3]]
         if h.failure != "healthy" and h.fixes:
             lines.append(f"    fix: {h.fixes[0].action} -> {h.fixes[0].expected_effect}")

@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.diagnosis import Diagnosis, Hypothesis
+from ml_debug_mcp.core.diagnosis import Diagnosis, Hypothesis, confidence_text
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors
 
@@ -34,7 +34,7 @@ def diagnose(log_path: Path | None = None, log_text: str | None = None, error_te
 
 def _hypothesis_lines(h: Hypothesis) -> list[str]:
     onset = f", from step {h.onset_step:g}" if h.onset_step is not None else ""
-    lines = [f"- {h.failure} (confidence {h.confidence:.2f}{onset})"]
+    lines = [f"- {h.failure} (confidence {confidence_text(h.confidence)}{onset})"]
     for e in h.evidence[:3]:
         where = " ".join(p for p in (f"step {e.step:g}" if e.step is not None else "",
                                      f"line {e.line_no}" if e.line_no is not None else "") if p)
@@ -44,7 +44,7 @@ def _hypothesis_lines(h: Hypothesis) -> list[str]:
     if h.fixes:
         lines.append(f"    fix: {h.fixes[0].action} -> {h.fixes[0].expected_effect}")
     for step in h.next_steps[:3]:
-        args = ", ".join(f"{k}={v!r}" for k, v in step.arguments.items())
+        args = ", ".join([f"{k}={v!r}" for k, v in step.arguments.items()] + [f"{k}=<yours>" for k in step.missing])
         lines.append(f"    next: {step.tool}({args}) - {step.why}")
     return lines
 
@@ -88,7 +88,7 @@ def _plot(diagnosis: Diagnosis, log_path: Path | None, log_text: str | None, ser
     if not parsed.series:
         return []
     top = diagnosis.hypotheses[0] if diagnosis.hypotheses else None
-    title = f"{top.failure} ({top.confidence:.2f})" if top is not None else None
+    title = f"{top.failure} ({confidence_text(top.confidence)})" if top is not None else None
     return [plot_metrics(parsed, marks=evidence_marks(diagnosis), title=title)]
 
 

@@ -44,7 +44,9 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
     async def compare_runs(
         before_path: Annotated[str, Field(description="log of the failed run")],
         after_path: Annotated[str, Field(description="log of the run with the fix")],
-        metric: Annotated[str, Field(description="the target metric, e.g. loss, eval_loss, accuracy, reward")] = "loss",
+        metric: Annotated[str | None, Field(description="the target metric, e.g. loss, eval_loss, accuracy, reward; "
+                                                        "default: the one the old failure calls for (eval_loss for "
+                                                        "overfitting, reward for mode collapse, else loss)")] = None,
         format: Annotated[str | None, Field(description="force a log format id for both logs")] = None,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, Comparison]:
@@ -54,5 +56,6 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         roots = await effective_roots(env, ctx)
         before = await resolve_path(roots, before_path, what="before_path")
         after = await resolve_path(roots, after_path, what="after_path")
-        comparison = await run_blocking(ctx, compare_paths, before, after, canonical_metric_name(metric), format)
+        comparison = await run_blocking(ctx, compare_paths, before, after,
+                                        canonical_metric_name(metric) if metric else None, format)
         return tool_result(comparison, summarize(comparison))

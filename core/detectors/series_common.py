@@ -214,8 +214,9 @@ def centered_median(x: np.ndarray, w: int) -> np.ndarray:
 
 
 # Metrics whose presence marks a reinforcement-learning / generation run, where "loss" is a policy
-# surrogate rather than a convergence curve, so loss-shape detectors do not apply.
-RL_METRICS = ("reward", "advantage_std", "advantage_mean", "kl")
+# surrogate rather than a convergence curve, so loss-shape detectors do not apply. Not "kl": VAEs and
+# distillation log a KL term next to a loss that must still converge.
+RL_METRICS = ("reward", "advantage_std", "advantage_mean")
 
 
 @dataclass

@@ -144,50 +144,81 @@ def _chance_levels(ss: SeriesSet) -> tuple[list[int], bool]:
 
 
 def detect_divergence(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
-    """Loss rising and staying up: the smoothed tail sits well above the running minimum."""
+    """Loss rising and staying up: the smoothed tail sits well above the running minimum.
+
+    Judged with the usual window, then with a few points only: a blow-up in the last few percent of
+    a run is still rising, so the usual window would call its minimum recent and see nothing.
+    """
     s = ss.raw("loss")
     if s is None or s.stats.last_value is None:  # ends non-finite: the NaN detector tells that story
         return []
     c = _loss_curve(ss, limits, min_factor=2)
     if c is None:
         return []
+    w = window_size(len(c), limits)
+    for tail_w in (w, min(limits.window_min, max(3, w // 4))):
+        found = _divergence(ss, c, w, tail_w, limits)
+        if found:
+            return found
+    return []
+
+
+def _divergence(ss: SeriesSet, c: Curve, w: int, tail_w: int, limits: Limits) -> list[Hypothesis]:
+    """The minimum comes from the usual `w`-point smoothing; the rise is judged on the last `tail_w` points."""
+    late = tail_w < w
     v = c.values
     n = len(v)
-    w = window_size(n, limits)
     sm = rolling_median(v, w)
     i_min = int(np.argmin(sm[w - 1:])) + w - 1
     min_s = float(sm[i_min])
-    if i_min >= n - w:  # the minimum is recent: nothing has risen yet
+    if i_min >= n - tail_w:  # the minimum is recent: nothing has risen yet
         return []
     head = median(v[:max(3, n // 100)])  # the very start: a fast early drop must count in full
-    tail = median(v[-w:])
+    tail = median(v[-tail_w:])
     drop = max(head - min_s, 0.25 * abs(min_s), 1e-12)
     rise = tail - min_s
     ratio = rise / drop
-    noise = mad(v[-w:])
-    halfway = min_s + 0.5 * rise
-    elevated = float(np.mean(v[-w:] > halfway))
     multiplied = min_s > 0 and tail >= limits.divergence_multiple * min_s and ratio >= 0.1
-    if (ratio < limits.divergence_rise and not multiplied) or rise <= 3 * noise / math.sqrt(w) or elevated < 0.8:
+    # Across orders of magnitude (an exponential blow-up) levels and noise are judged in log space.
+    geometric = min_s > 0 and tail >= 10 * min_s
+    if geometric:
+        recent = v[-tail_w:][v[-tail_w:] > 0]
+        rise_seen, noise = math.log(tail / min_s), mad(np.log(recent)) if len(recent) else math.inf
+    else:
+        rise_seen, noise = rise, mad(v[-tail_w:])
+
+    def level(share: float) -> float:
+        return min_s * (tail / min_s) ** share if geometric else min_s + share * rise
+
+    elevated = float(np.mean(v[-tail_w:] > level(0.25 if late else 0.5)))
+    if (ratio < limits.divergence_rise and not multiplied) or rise_seen <= 3 * noise / math.sqrt(tail_w) or elevated < 0.8:
         return []
-    crossing = np.nonzero(sm[i_min:] > halfway)[0]
+    crossing = np.nonzero(centered_median(v, tail_w)[i_min:] > level(0.05))[0]  # centred: no trailing lag
     onset = c.step_at(i_min + int(crossing[0])) if len(crossing) else c.step_at(n - 1)
     confidence = 0.6 + 0.3 * min(1.0, max(0.0, ratio - limits.divergence_rise) / 1.5)
     if multiplied:
         confidence = max(confidence, 0.7)
+    if late:
+        confidence = min(confidence, 0.75)  # only the last few points say so
     if tail >= head:
         confidence = max(confidence, 0.85)
-    items = [evidence(c, f"{c.label} fell to {fmt(min_s)} (step {fmt(c.step_at(i_min))}) then rose to {fmt(tail)} "
-                         f"and stays there: {ratio:.1f}x the earlier drop"
-                         + (", above where it started" if tail >= head else ""),
+    fell = head - min_s > 0.05 * abs(head)
+    start = (f"fell to {fmt(min_s)} (step {fmt(c.step_at(i_min))}) then rose" if fell else
+             f"never improved: it rose from {fmt(head)} at the start")
+    text = (f"{c.label} {start} to {fmt(tail)} over the last {tail_w} points and stays there"
+            + (f": {ratio:.1f}x the earlier drop" if fell else "")
+            + (", above where it started" if tail >= head and fell else ""))
+    halfway = "a quarter of the way" if late else "halfway"
+    items = [evidence(c, text,
                       f"{w}-point rolling median; tail median - min > {limits.divergence_rise:g} x (start - min), or "
-                      f"tail > {limits.divergence_multiple:g} x min; >= 80% of the last {w} points above the halfway "
-                      "level", step=onset, value=tail)]
+                      f"tail > {limits.divergence_multiple:g} x min; >= 80% of the last {tail_w} points above {halfway} "
+                      f"from min to tail{' (geometric)' if geometric else ''}; onset where the smoothed loss passes "
+                      "5% of that rise", step=onset, value=tail)]
     ks, known = _chance_levels(ss)
     for k in ks:
-        level = math.log(k)
-        if abs(tail - level) <= limits.chance_tolerance_known * level and min_s < level * (1 - limits.chance_learned_margin):
-            items.append(evidence(c, f"the loss is back at chance level ln({k}) = {level:.4g} after having learned "
+        chance = math.log(k)
+        if abs(tail - chance) <= limits.chance_tolerance_known * chance and min_s < chance * (1 - limits.chance_learned_margin):
+            items.append(evidence(c, f"the loss is back at chance level ln({k}) = {chance:.4g} after having learned "
                                      f"(minimum {fmt(min_s)}): the model lost what it learned"
                                      + ("" if known else f" ({k} classes guessed; the log does not give num_classes)"),
                                   f"|tail - ln k| <= {limits.chance_tolerance_known:g} x ln k", value=tail))
