@@ -25,6 +25,7 @@ CONFIRMED = 0.8  # at or above: the diagnosis stands; below: say what evidence i
 HEALTHY_VETO = 0.5  # a failure this confident rules out calling the run healthy
 MAX_EVIDENCE = 10
 SECONDARY_WEIGHT = 0.5  # how much an agreeing independent signal counts in the noisy-OR
+MAX_INPUT_NOTES = 5  # parser and code-scan notes passed on with a diagnosis
 
 # A mechanism and the curve symptom it produces: when both fire, the mechanism ranks first.
 EXPLAINS: dict[str, tuple[str, ...]] = {
@@ -378,6 +379,7 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     parsed = _merge_parsed(parsed, parsed_from_series(series) if series else None)
     code_arg = str(code_path) if code_path is not None else None
     found: list[Hypothesis] = []
+    input_notes: list[str] = []
     if parsed is not None:
         found += detect_series(parsed)
     blocks = list(error_blocks)
@@ -392,7 +394,9 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
         from ml_debug_mcp.core.detectors.code import code_hypotheses, scan_code
 
         signals = {h.failure for h in found if h.confidence >= HEALTHY_VETO and h.failure != "healthy"}
-        found += code_hypotheses(scan_code(Path(code_path)), signals)
+        findings = scan_code(Path(code_path))
+        found += code_hypotheses(findings, signals)
+        input_notes += [f"code_path: {f.message}" for f in findings if f.line == 0 or f.rule == "syntax_error"]
     merged = merge_hypotheses(found)
     apply_explanations(merged)
     ranked = _rank(merged)
@@ -406,7 +410,9 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
         top.next_steps += _closing_steps(top, log_path, available)
     had_errors = bool(blocks) or bool(error_text and error_text.strip())
     notes = _missing_evidence(top, parsed, log_path, had_errors, code_path is not None)
-    return Diagnosis(hypotheses=ranked, summary=_summary(ranked, notes), needs_more_evidence=notes)
+    input_notes += parsed.warnings[:MAX_INPUT_NOTES] if parsed is not None else []
+    return Diagnosis(hypotheses=ranked, summary=_summary(ranked, notes), needs_more_evidence=notes,
+                     input_notes=input_notes)
 
 
 def classify_text(text: str, fmt: str | None = None, *, code_path: Path | None = None, error_text: str | None = None,

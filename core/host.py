@@ -515,7 +515,7 @@ def _missing_process(missing: MissingProcess | None, log: LogPointer | None) -> 
     elif log is not None:
         message += f"; the log path {log.path} does not exist ({log.reason})"
     else:
-        message += "; pass log_path to get a pointer to its log"
+        message += "; pass log=<its log file> to get a pointer to it"
     return [Finding(rule="pid_not_running", severity="warning", confidence=0.9, pid=missing.pid, message=message,
                     evidence=evidence, next_steps=next_steps)]
 

@@ -25,7 +25,9 @@ NUMBER_RE = re.compile(rf"^(?:{NUMBER_PATTERN})$")
 
 # torchrun's per-rank line prefixes: "[rank3]:" (torch >= 2.2 with --tee/--log-line-prefix) and
 # "[default3]:" (older elastic agents, `--tee 3`); the text after the prefix is the trainer's own.
-RANK_PREFIX_RE = re.compile(r"^\[(?:rank|default)(\d{1,5})\]:")
+# torch 2.x writes "[rank3]: Traceback ...": that one separator space is part of the prefix, but no
+# more, so indented traceback frame lines ("[rank3]:   File ...") keep their indentation.
+RANK_PREFIX_RE = re.compile(r"^\[(?:rank|default)(\d{1,5})\]: ?")
 
 # Colour codes (Keras 3, rich, loguru) would otherwise glue themselves to keys and values.
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -101,6 +103,7 @@ def is_known_metric(raw: str) -> bool:
 
 
 def strip_rank_prefix(line: str) -> tuple[int | None, str]:
+    """(rank, the trainer's own text) of a torchrun-prefixed line; (None, line) when unprefixed."""
     if line.startswith("["):
         m = RANK_PREFIX_RE.match(line)
         if m:

@@ -34,7 +34,7 @@ _VALUE_GROUP = rb"([-+\w.]+)"
 _STEP_GROUP = rb"([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
 # A template starts with the newline before its line, so `re` can jump between candidates by
 # literal-prefix search; the rank prefix, when the exemplar had one, is part of the shape.
-_RANKED = rb"\n(\[(?:rank|default)(\d{1,5})\]:"
+_RANKED = rb"\n(\[(?:rank|default)(\d{1,5})\]: ?"
 _UNRANKED = rb"\n(()"
 _ELASTIC_RE = re.compile(r"( +)|(?<![A-Za-z_\d.])(\d+)(?![A-Za-z_\d])")
 _ANCHOR_RE = re.compile(r"[^\d ]{3,}")

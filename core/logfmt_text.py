@@ -202,6 +202,8 @@ class HFTrainerParser(LineParser):
             if not is_eval:
                 self.train_steps += 1
             step = float(self.train_steps)
+            self.out.warn("Trainer console lines print no step: steps here count logged records (x logging_steps "
+                          "for optimizer steps; trainer_state.json in the checkpoint folder has the real ones)")
         elif not is_eval:
             self.train_steps = int(step) if math.isfinite(step) else self.train_steps
         return self.out.add(values, step, rank)

@@ -53,13 +53,17 @@ def _read_head(path: Path, size: int = SNIFF_BYTES) -> bytes:
 
 
 def is_binary(head: bytes) -> bool:
-    """NUL bytes, or mostly control bytes, in the first KBs: not a text log."""
+    """Mostly NUL or control bytes: not a text log.
+
+    A share, not any NUL: a log line that prints a padded sample (`'<pad>\\x00'`) or a few NULs left by a
+    crash must not hide the text (and the traceback) around it.
+    """
     if not head:
         return False
-    if b"\x00" in head:
-        return True
-    control = sum(1 for b in head[:4096] if b < 32 and b not in (9, 10, 12, 13, 27, 8))
-    return control > len(head[:4096]) * 0.1
+    window = head[:4096]
+    odd = sum(1 for b in window if b < 32 and b not in (9, 10, 12, 13, 27, 8))  # NUL and other control bytes
+    odd += window.decode("utf-8", "replace").count("\ufffd")  # bytes that are no UTF-8 at all
+    return odd > len(window) * 0.1 or head.count(b"\x00") > len(head) * 0.1
 
 
 def detect_text_format(lines: Iterable[str], name: str = "") -> str:

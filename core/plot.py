@@ -44,6 +44,11 @@ def _panels(parsed: ParsedLog, names: Sequence[str] | None) -> list[list[str]]:
     return panels[:MAX_PANELS]
 
 
+def drawn_series(parsed: ParsedLog, names: Sequence[str] | None = None) -> list[list[MetricSeries]]:
+    """The series each panel draws, top to bottom: what `plot_metrics` shows, for callers to check."""
+    return [[s for name in group for s in _series_for(parsed, name)] for group in _panels(parsed, names)]
+
+
 def _use_log(values: list[float]) -> bool:
     positive = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
     if len(positive) < 2 or len(positive) < len([v for v in values if v is not None]):
@@ -59,7 +64,7 @@ def plot_metrics(parsed: ParsedLog, names: list[str] | None = None,
 
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     FigureCanvasAgg(fig)
-    panels = _panels(parsed, names)
+    panels = drawn_series(parsed, names)
     if not panels:
         ax = fig.add_subplot(1, 1, 1)
         ax.axis("off")
@@ -67,18 +72,17 @@ def plot_metrics(parsed: ParsedLog, names: list[str] | None = None,
                 ha="center", va="center", fontsize=12)
         return _png(fig)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, group in zip(axes, panels):
+    for ax, panel in zip(axes, panels):
         all_values: list[float] = []
-        for name in group:
-            for s in _series_for(parsed, name):
-                ys = [math.nan if v is None else v for v in s.values]
-                all_values.extend(v for v in s.values if v is not None)
-                label = name if s.rank is None else f"{name} r{s.rank}"
-                ax.plot(s.steps, ys, linewidth=1.0, label=label, alpha=0.9 if s.rank in (None, 0) else 0.5)
-                _mark_nonfinite(ax, s)
+        for s in panel:
+            ys = [math.nan if v is None else v for v in s.values]
+            all_values.extend(v for v in s.values if v is not None)
+            label = s.name if s.rank is None else f"{s.name} r{s.rank}"
+            ax.plot(s.steps, ys, linewidth=1.0, label=label, alpha=0.9 if s.rank in (None, 0) else 0.5)
+            _mark_nonfinite(ax, s)
         if _use_log(all_values):
             ax.set_yscale("log")
-        ax.set_ylabel(", ".join(group), fontsize=8)
+        ax.set_ylabel(", ".join(dict.fromkeys(s.name for s in panel)), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
         if len(ax.get_legend_handles_labels()[0]) > 1:

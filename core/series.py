@@ -221,14 +221,22 @@ class _Bucket:
             if self.hi is None or fv[i] > self.hi[1]:
                 self.hi = (float(fs[i]), float(fv[i]))
 
-    def points(self) -> list[tuple[float, float]]:
+    def points(self, pinned: tuple[tuple[float, float], ...] = ()) -> list[tuple[float, float]]:
+        """The kept points in step order; `pinned` points (the series' first/last) are kept too."""
         if self.raw is not None:
             return list(self.raw)
-        kept = {p for p in (self.lo, self.hi) if p is not None}
+        kept = [p for p in (self.lo, self.hi) if p is not None] + list(pinned)
         if self.first_bad is not None:
-            kept.add((self.first_bad[0], math.nan if self.first_bad[1] == "nan" else
-                      (math.inf if self.first_bad[1] == "inf" else -math.inf)))
-        return sorted(kept, key=lambda p: p[0])
+            kept.append((self.first_bad[0], math.nan if self.first_bad[1] == "nan" else
+                         (math.inf if self.first_bad[1] == "inf" else -math.inf)))
+        unique = {_point_key(p): p for p in kept}
+        return sorted(unique.values(), key=lambda p: p[0])
+
+
+def _point_key(point: tuple[float, float]) -> tuple[float, float | str]:
+    """Dedup key of a point: NaN never equals itself, so non-finite values compare by spelling."""
+    step, value = point
+    return step, value if math.isfinite(value) else repr(value)
 
 
 class SeriesBuilder:
@@ -237,14 +245,16 @@ class SeriesBuilder:
     Points are grouped into buckets of `width` consecutive points; when there are too many
     buckets, neighbours are merged pairwise and `width` doubles. Each bucket later yields at
     most three points (its minimum, its maximum, its first non-finite value), so extremes and
-    NaN/Inf positions survive any amount of downsampling.
+    NaN/Inf positions survive any amount of downsampling. The series' first and last points are
+    always kept on top of that (an agent reads the end of a curve first), so the budget is
+    3 points per bucket plus 2.
     """
 
     def __init__(self, name: str, rank: int | None = None, max_points: int = 2000,
                  max_nonfinite: int = 200) -> None:
         self.name = name
         self.rank = rank
-        self._max_buckets = max(4, max_points // 3)
+        self._max_buckets = max(2, (max_points - 2) // 3)
         self._max_nonfinite = max_nonfinite
         self._width = 1
         self._buckets: list[_Bucket] = []
@@ -252,9 +262,12 @@ class SeriesBuilder:
         self._last_bad_kind: str | None = None
         self.stats = SeriesStats()
         self._sum = 0.0
+        self._first: tuple[float, float] | None = None  # (step, value) as added, NaN/Inf included
+        self._last: tuple[float, float] | None = None
 
     def add(self, step: float, value: float) -> None:
         kind = _nonfinite_kind(value)
+        self._note_ends(step, value, step, value)
         st = self.stats
         st.count += 1
         if st.first_step is None:
@@ -303,6 +316,7 @@ class SeriesBuilder:
                 self.add(step, value)
             return
         s, v = s[:n], v[:n]
+        self._note_ends(float(s[0]), float(v[0]), float(s[-1]), float(v[-1]))
         finite = np.isfinite(v)
         is_nan = np.isnan(v)
         codes = np.where(finite, 0, np.where(is_nan, 1, np.where(v > 0, 2, 3))).astype(np.int8)
@@ -354,6 +368,12 @@ class SeriesBuilder:
                 bucket.add_slice(s[i:i + take], v[i:i + take], codes[i:i + take])
             i += take
 
+    def _note_ends(self, first_step: float, first_value: float, last_step: float, last_value: float) -> None:
+        """Remember the series' first and last points: `build` keeps them whatever the downsampling."""
+        if self._first is None:
+            self._first = (first_step, first_value)
+        self._last = (last_step, last_value)
+
     def _compact(self) -> None:
         merged: list[_Bucket] = []
         for i in range(0, len(self._buckets), 2):
@@ -367,8 +387,10 @@ class SeriesBuilder:
     def build(self) -> MetricSeries:
         steps: list[float] = []
         values: list[float | None] = []
-        for bucket in self._buckets:
-            for step, value in bucket.points():
+        last = len(self._buckets) - 1
+        for i, bucket in enumerate(self._buckets):
+            pinned = ((self._first,) if i == 0 else ()) + ((self._last,) if i == last else ())
+            for step, value in bucket.points(pinned):
                 steps.append(step)
                 values.append(value if math.isfinite(value) else None)
         stats = self.stats.model_copy()

@@ -20,13 +20,17 @@ import re
 import time
 import zlib
 from pathlib import Path
-from typing import Literal
+from stat import S_ISREG
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.paths import stays_within
 from ml_debug_mcp.core.errors import ErrorBlock, extract_errors
 from ml_debug_mcp.core.logfmt_common import ANSI_RE
+
+if TYPE_CHECKING:
+    from ml_debug_mcp.core.series import ParsedLog
 
 DEFAULT_LINES = 50
 MAX_LINES = 1000
@@ -40,6 +44,7 @@ SCAN_MAX_BYTES = 256 << 10        # at most this much of the end is searched for
 SCAN_MIN_BYTES = 32 << 10         # ... and at least this much when no lines are shown (grep, polls)
 ERROR_SCAN_BYTES = 256 << 10      # errors are searched in at least this much of the end (classify relies on it)
 FORMAT_SAMPLE_LINES = 60          # the format of the tail is voted on by its last lines
+METRIC_LOOKBACK_LINES = 1000      # lines above the shown ones read for last metric values when those hold none
 ABSOLUTE_LINE_LIMIT = 8 << 20
 STILL_WRITING_SECONDS = 120.0
 MAX_AROUND = 200
@@ -101,7 +106,8 @@ class TailResult(BaseModel):
     searched_bytes: int = 0
     metrics: list[MetricValue] = Field(default_factory=list)
     errors: list[ErrorBlock] = Field(default_factory=list)
-    decode_errors: bool = Field(False, description="Some bytes were not UTF-8 and were replaced with U+FFFD")
+    decode_errors: bool = Field(False, description="Some bytes were not UTF-8 and were replaced with U+FFFD (NUL "
+                                "bytes with U+2400)")
     files: list[LogFileInfo] = Field(default_factory=list, description="For a directory: its log-like files, newest first")
     warnings: list[str] = Field(default_factory=list)
 
@@ -150,6 +156,8 @@ def _display(raw: bytes) -> tuple[str, bool, bool, bool]:
     except UnicodeDecodeError:
         text, bad = raw.decode("utf-8", "replace"), True
     text = text.rstrip("\r")
+    if "\x00" in text:  # shown, not dropped: a visible mark where the log holds NUL bytes
+        text, bad = text.replace("\x00", "\u2400"), True
     rewritten = False
     if "\r" in text or "\b" in text:
         segments = [s for s in text.replace("\b", "").split("\r") if s.strip()]
@@ -256,6 +264,8 @@ def list_logs(directory: Path, max_depth: int = 3, limit: int = 200) -> list[Log
             try:
                 st = path.stat()
             except OSError:
+                continue
+            if not S_ISREG(st.st_mode):  # a FIFO named train.log would block whoever opens it
                 continue
             found.append(LogFileInfo(path=str(path), name=str(path.relative_to(directory)), size=st.st_size,
                                      mtime=st.st_mtime, age_seconds=max(0.0, now - st.st_mtime), kind=kind))
@@ -373,6 +383,10 @@ def _tail_backward(fh, st: os.stat_result, n: int, pattern: re.Pattern[str] | No
         complete, partial = ([], (start, data)) if not data.endswith(b"\n") else ([(start, data[:-1])], None)
     else:
         complete, partial = _split_complete(data, start)
+        if pattern is None and start > 0 and len(complete) < n:
+            result.truncated = True
+            result.truncation.append(f"only {len(complete)} lines fit in the last {LOOKBACK_BYTES >> 20} MB: the "
+                                     "line before them is longer, so it and earlier lines were not read")
     cursor_offset = partial[0] if partial else size
     result.next_cursor = _encode_cursor(_Cursor(dev=st.st_dev, ino=st.st_ino, offset=cursor_offset,
                                                 crc=_fingerprint(fh, cursor_offset)))
@@ -545,8 +559,6 @@ def _tail_forward(fh, st: os.stat_result, cursor: _Cursor, n: int, pattern: re.P
 
 def _scan_tail_region(fh, size: int, region_start: int, fmt: str | None, path: Path, result: TailResult) -> None:
     """Errors (from the last ERROR_SCAN_BYTES, or the region if larger) and last metric values (region)."""
-    from ml_debug_mcp.core.metrics import detect_text_format, parse_metrics_text
-
     if size == 0:
         result.format = fmt or "unknown"
         return
@@ -572,7 +584,33 @@ def _scan_tail_region(fh, size: int, region_start: int, fmt: str | None, path: P
         numbering = "file"
     result.errors = extract_errors(texts, base or 1, numbering, offsets)
     first = next((i for i, o in enumerate(offsets) if o >= region_start), len(texts))
-    region = texts[first:]
+    # The shown lines first; when they hold no metric (a crash's traceback fills them), the lines above them.
+    windows = [texts[first:]] + ([texts[max(0, first - METRIC_LOOKBACK_LINES):first]] if first > 0 else [])
+    for region in windows:
+        result.format, parsed = _region_metrics(fh, region, fmt, path)
+        if parsed is not None and parsed.series:
+            break
+    else:
+        return
+    if region is not windows[0]:
+        result.warnings.append(f"no metric in the lines shown: last values are from the {len(region)} lines before "
+                               "them")
+    # HF console lines carry no step: the parser counts records, which in a tail window is not the run's step.
+    steps_known = result.format not in _RECORD_INDEX_STEP_FORMATS
+    for s in parsed.series:
+        st = s.stats
+        kind = None
+        if st.last_value is None and st.count:
+            kind = s.nonfinite[-1].kind if s.nonfinite else "nan"
+        result.metrics.append(MetricValue(name=s.name, rank=s.rank, step=st.last_step if steps_known else None,
+                                          value=st.last_value,
+                                          nonfinite=kind))
+
+
+def _region_metrics(fh, region: list[str], fmt: str | None, path: Path) -> tuple[str, ParsedLog | None]:
+    """(format, parsed metrics) of some lines of the file; None when the format carries no text metrics."""
+    from ml_debug_mcp.core.metrics import detect_text_format, parse_metrics_text
+
     header = None
     if fmt is None:
         fmt = _format_by_name(path) or detect_text_format(region[-FORMAT_SAMPLE_LINES:])
@@ -582,22 +620,11 @@ def _scan_tail_region(fh, size: int, region_start: int, fmt: str | None, path: P
                 fmt = "lightning_csv" if {"epoch", "step"} <= set(header.split(",")) else "csv"
     elif fmt in ("csv", "lightning_csv"):
         header = _csv_header(fh, region, check=False)
-    result.format = fmt
     if fmt in ("tensorboard", "binary", "hf_trainer_state", "unknown", "mlflow") or not region:
-        return
+        return fmt, None
     if fmt in ("csv", "lightning_csv") and header is not None:
         region = [header] + [t for t in region if t != header]
-    parsed = parse_metrics_text("\n".join(region), fmt=fmt, max_points=16)
-    # HF console lines carry no step: the parser counts records, which in a tail window is not the run's step.
-    steps_known = fmt not in _RECORD_INDEX_STEP_FORMATS
-    for s in parsed.series:
-        st = s.stats
-        kind = None
-        if st.last_value is None and st.count:
-            kind = s.nonfinite[-1].kind if s.nonfinite else "nan"
-        result.metrics.append(MetricValue(name=s.name, rank=s.rank, step=st.last_step if steps_known else None,
-                                          value=st.last_value,
-                                          nonfinite=kind))
+    return fmt, parse_metrics_text("\n".join(region), fmt=fmt, max_points=16)
 
 
 def _format_by_name(path: Path) -> str | None:

@@ -287,3 +287,14 @@ _LOG_SOUP = st.lists(_LOG_WORDS | st.text(max_size=5), max_size=300).map("".join
 def test_any_log_and_error_text_gives_a_json_clean_diagnosis(text: str, error_text: str | None) -> None:
     diagnosis = classify_text(text, error_text=error_text)
     json.dumps(diagnosis.model_dump(mode="json"), allow_nan=False)
+
+
+def test_input_notes_say_how_steps_were_counted_and_that_the_code_did_not_parse(tmp_path: Path) -> None:
+    hf = tr.write_log(tr.run("lr_too_high_nan"), tmp_path / "hf.log", "hf")
+    assert any("count logged records" in n for n in classify_path(hf).input_notes)
+    kv = tr.write_log(tr.run("lr_too_high_nan"), tmp_path / "kv.log", "kv")
+    assert not any("count logged records" in n for n in classify_path(kv).input_notes)
+    broken = tmp_path / "train.py"
+    broken.write_text("import torch\nfor step in range(10)\n    loss.backward()\n")
+    notes = classify_path(kv, code_path=broken).input_notes
+    assert any(n.startswith("code_path: the file does not parse") for n in notes)

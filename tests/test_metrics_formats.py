@@ -246,6 +246,14 @@ def test_torchrun_rank_prefixes_kept_apart():
     assert series(default, "loss", 1).stats.count == 10
 
 
+
+def test_torch2_rank_prefix_with_space_keeps_ranks_apart():
+    text = "\n".join(f"[rank{r}]: step {s} | loss {2 + r + s / 10}" for s in range(5) for r in (0, 1))
+    parsed = parse_metrics_text(text)
+    assert parsed.ranks == [0, 1]
+    assert points(series(parsed, "loss", 1)) == [(s, 3 + s / 10) for s in range(5)]
+    assert points(series(parsed, "loss", 0)) == [(s, 2 + s / 10) for s in range(5)]
+
 def _tensorboard_run(logdir: Path) -> None:
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
@@ -314,6 +322,19 @@ def test_max_points_bounds_series_but_stats_stay_exact():
     assert loss.stats.max == 5000 and loss.stats.max_step == 777
     assert 5000 in loss.values  # the spike survives downsampling
 
+
+
+@pytest.mark.parametrize("max_points", [10, 50])
+def test_downsampling_keeps_the_first_and_last_points(tmp_path, max_points):
+    """An agent reads the end of a curve first: grad_norm logged every 10 steps must end at 990."""
+    rows = [{"step": s, "loss": 3 - s / 1000, **({"grad_norm": 1 + math.sin(s)} if s % 10 == 0 else {})}
+            for s in range(1000)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parsed = parse_metrics(tmp_path / "m.jsonl", max_points=max_points)
+    for name, last in (("grad_norm", 990), ("loss", 999)):
+        s = series(parsed, name)
+        assert (s.steps[0], s.steps[-1]) == (0, last) and len(s.steps) <= max_points
+        assert s.values[-1] == pytest.approx(rows[last][name])
 
 def test_bulk_path_matches_line_by_line(tmp_path):
     """The template fast path must give exactly what the line parser gives."""

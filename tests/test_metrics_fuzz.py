@@ -152,3 +152,22 @@ def test_add_many_equals_point_by_point(chunks, max_points):
     if mean_a is not None and math.isfinite(mean_a):
         assert math.isclose(mean_a, mean_b, rel_tol=1e-9, abs_tol=1e-9 * max(1.0, abs(mean_a)))
     assert a == b
+
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(finite_or_not, min_size=1, max_size=3000), max_points=st.sampled_from([10, 11, 13, 60]),
+       bulk=st.booleans())
+def test_downsampling_keeps_ends_within_budget(values, max_points, bulk):
+    builder = SeriesBuilder("x", max_points=max_points)
+    steps = [float(i) for i in range(len(values))]
+    if bulk:
+        builder.add_many(steps, values)
+    else:
+        for s, v in zip(steps, values):
+            builder.add(s, v)
+    built = builder.build()
+    assert len(built.steps) <= max_points
+    assert built.steps[0] == 0 and built.steps[-1] == len(values) - 1
+    for i, kept in ((0, built.values[0]), (-1, built.values[-1])):
+        assert kept == (values[i] if math.isfinite(values[i]) else None)

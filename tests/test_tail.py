@@ -216,6 +216,60 @@ def test_carriage_return_progress_shows_last_state(tmp_path):
     assert result.lines[0].text == "100%|##########| 10/10" and result.lines[0].rewritten
 
 
+def test_a_few_nul_bytes_do_not_hide_the_log_and_real_binaries_stay_binary(tmp_path):
+    import random
+
+    import torch
+
+    log = tmp_path / "train.log"
+    lines = [f"step {i} | loss {2.0 - i / 1000:.4f}" for i in range(1000)]
+    lines[995] = "sample text: '<pad>\x00\x00'"  # a padded sample printed into the log
+    log.write_text("\n".join(lines) + "\nTraceback (most recent call last):\n  File \"t.py\", line 1, in <module>\n"
+                   "RuntimeError: CUDA error: device-side assert triggered\n")
+    result = tail_file(log, lines=10)
+    assert result.status == "ok" and result.decode_errors
+    assert "sample text: '<pad>\u2400\u2400'" in [line.text for line in result.lines]
+    assert [e.kind for e in result.errors] == ["cuda_error"] and result.metrics
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(random.Random(0).randbytes(100_000))  # few NULs, mostly invalid UTF-8
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(64, 64)}, checkpoint)
+    assert tail_file(noise).status == "binary" and tail_file(checkpoint).status == "binary"
+
+
+def test_when_a_traceback_fills_the_shown_lines_the_last_metrics_come_from_above_it(tmp_path):
+    log = tmp_path / "train.log"
+    frames = "".join(f'  File "/lib/m{i}.py", line {i}, in f{i}\n    x = f(x)\n' for i in range(40))
+    log.write_text("".join(f"step {i} | loss {3.0 - i / 100:.4f} | lr 1e-4\n" for i in range(200))
+                   + "Traceback (most recent call last):\n" + frames + "RuntimeError: CUDA error: device-side assert "
+                   "triggered\n")
+    result = tail_file(log, lines=50)
+    assert all(not line.text.startswith("step") for line in result.lines)
+    assert result.format == "keyvalue" and {(m.name, m.step, m.value) for m in result.metrics} >= {("loss", 199.0, 1.01)}
+    assert any("no metric in the lines shown" in w for w in result.warnings)
+    assert [e.kind for e in result.errors] == ["cuda_error"]
+
+
+def test_a_fifo_named_like_a_log_is_not_listed_nor_read_as_the_newest_log(tmp_path):
+    from ml_debug_mcp.core.metrics import parse_metrics
+
+    (tmp_path / "a.log").write_text("step 1 | loss 2.0\nstep 2 | loss 1.5\n")
+    os.utime(tmp_path / "a.log", (1_600_000_000, 1_600_000_000))
+    os.mkfifo(tmp_path / "live.log")  # newer than a.log, and opening it would block
+    assert [f.name for f in list_logs(tmp_path)] == ["a.log"]
+    parsed = parse_metrics(tmp_path)
+    assert parsed.get("loss") is not None and parsed.get("loss").stats.last_value == 1.5
+
+
+def test_a_line_longer_than_the_lookback_is_reported_not_silently_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(tail_mod, "LOOKBACK_BYTES", 1 << 20)
+    log = tmp_path / "huge.log"
+    log.write_text("first\n" + "x" * (2 << 20) + "\nlast\n")
+    result = tail_file(log, lines=3)
+    assert [line.text for line in result.lines] == ["last"]
+    assert result.truncated and "were not read" in result.truncation[-1]
+
+
 def test_binary_empty_missing_and_directory(tmp_path):
     binary = tmp_path / "weights.bin"
     binary.write_bytes(bytes(range(256)) * 50)

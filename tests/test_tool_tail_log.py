@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 from pathlib import Path
 
 import anyio
@@ -69,6 +70,18 @@ async def test_tail_gives_lines_format_metrics_errors_and_file_facts(root: Path)
     text = result.content[0].text
     assert "CUDA out of memory" in text and "loss=" in text and "next_cursor=" in text
 
+
+
+async def test_torch2_rank_prefix_with_space_keeps_the_exception(root: Path):
+    """torch 2.x writes "[rank3]: Traceback ..."; the space must not hide the exception line."""
+    prefixed = "".join(f"[rank3]: {line}\n" for line in TRACEBACK.splitlines())
+    (root / "runs" / "ranked.log").write_text("[rank3]: step 1 | loss 3.0\n" + prefixed)
+    async with Client(_server(root)) as client:
+        result = await client.call_tool("tail_log", {"path": "runs/ranked.log"})
+    oom = [e for e in result.structured_content["errors"] if e["kind"] == "cuda_oom"]
+    assert oom and oom[0]["exception_type"] == "RuntimeError" and oom[0]["rank"] == 3
+    assert oom[0]["message"].startswith("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert oom[0]["text"].splitlines()[1] == '  File "train.py", line 88, in <module>'  # indentation kept
 
 async def test_cursor_returns_exactly_the_appended_lines_then_detects_truncation(root: Path):
     log = root / "runs" / "train.log"
@@ -165,6 +178,50 @@ async def test_read_metrics_returns_bounded_series_and_stats(root: Path):
     assert names == ["loss"]
     assert any("val_acc" in w for w in only.structured_content["warnings"])
 
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list[list[list[str]]]:
+    """The series keys each read_metrics PNG drew, panel by panel."""
+    from ml_debug_mcp.core import plot
+
+    calls: list[list[list[str]]] = []
+    real = plot.plot_metrics
+
+    def spy(parsed, names=None, **kwargs):
+        calls.append([[s.key for s in panel] for panel in plot.drawn_series(parsed, names)])
+        return real(parsed, names=names, **kwargs)
+
+    monkeypatch.setattr(plot, "plot_metrics", spy)
+    return calls
+
+
+def _jsonl_and_ranks(runs: Path) -> None:
+    (runs / "wandb.jsonl").write_text("".join(
+        f'{{"_step": {s}, "train/loss": {3 - s / 100}, "val_loss": {3.1 - s / 100}, "grad_norm": 0.5, "lr": 1e-4}}\n'
+        for s in range(50)))
+    (runs / "ranks.log").write_text("".join(
+        f"[rank{r}]:step {s} | loss {2 - s / 100 + r:.3f} | grad_norm 0.5\n" for s in range(50) for r in range(4)))
+    shutil.copy(Path(__file__).parent / "fixtures" / "logs" / "keras3.log", runs / "keras.log")
+
+
+@pytest.mark.parametrize("args, panels", [
+    ({"path": "runs/keras.log", "names": ["val_loss", "val_accuracy"]}, [["eval_loss"], ["eval_accuracy"]]),
+    ({"path": "runs/wandb.jsonl", "names": ["val_loss", "train/loss", "grad_norm"]},
+     [["loss", "eval_loss"], ["grad_norm"]]),
+    ({"path": "runs/ranks.log", "rank": 3}, [["loss@rank3"], ["grad_norm@rank3"]]),
+])
+async def test_read_metrics_plot_draws_the_selected_series(root: Path, drawn, args: dict, panels):
+    """The PNG follows the answer's aliases and rank filter, not the raw names or every rank."""
+    _jsonl_and_ranks(root / "runs")
+    async with Client(_server(root)) as client:
+        result = await client.call_tool("read_metrics", {**args, "plot": True})
+    assert not result.is_error, result.content
+    images = [c for c in result.content if c.type == "image"]
+    assert len(images) == 1 and base64.b64decode(images[0].data).startswith(b"\x89PNG")
+    assert drawn == [panels]
+    assert sorted(key for panel in panels for key in panel) == sorted(
+        s["name"] if s["rank"] is None else f'{s["name"]}@rank{s["rank"]}' for s in result.structured_content["series"])
 
 async def test_file_resource_gives_the_tail_inside_roots_and_points_at_tail_log_outside(root: Path):
     log = root / "runs" / "train.log"

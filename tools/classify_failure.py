@@ -53,6 +53,7 @@ def summarize(diagnosis: Diagnosis) -> str:
     lines = [diagnosis.summary]
     for h in diagnosis.hypotheses[:4]:
         lines += _hypothesis_lines(h)
+    lines += [f"note: {note}" for note in diagnosis.input_notes]
     if diagnosis.needs_more_evidence:
         lines.append("Needs more evidence:")
         lines += [f"  * {note}" for note in diagnosis.needs_more_evidence]

@@ -82,6 +82,13 @@ def read_metrics_model(parsed: ParsedLog, names: list[str] | None, rank: int | N
     )
 
 
+def plot_selection(parsed: ParsedLog, result: ReadMetricsResult,
+                   names: list[str] | None) -> tuple[ParsedLog, list[str] | None]:
+    """What the PNG draws: the series the answer returns (canonical names, chosen rank), nothing else."""
+    selected = parsed.model_copy(update={"series": result.series})
+    return selected, (list(dict.fromkeys(s.name for s in result.series)) if names else None)
+
+
 def summarize(result: ReadMetricsResult) -> str:
     head = (f"{result.path} ({result.format}): {len(result.available)} metrics from {result.records} records, "
             f"{human_size(result.bytes_scanned)} read.")
@@ -126,5 +133,6 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         if plot and result.series:
             from ml_debug_mcp.core.plot import plot_metrics
 
-            images.append(await run_blocking(None, plot_metrics, parsed, names=names))
+            selected, plot_names = plot_selection(parsed, result, names)
+            images.append(await run_blocking(None, plot_metrics, selected, names=plot_names))
         return tool_result(result, summarize(result), images)

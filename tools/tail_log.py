@@ -41,7 +41,7 @@ def summarize(result: TailResult) -> str:
     out += [f"note: {w}" for w in result.warnings[:5]]
     if result.grep:
         out.append(f"grep {result.grep!r}: {result.matches or 0} matching lines in the last "
-                   f"{result.searched_bytes / 1e6:.1f} MB")
+                   f"{human_size(result.searched_bytes or 0)}")
     shown = f"{len(result.lines)} lines" + (" (more available: poll again)" if result.has_more else "")
     out.append(f"--- {shown}; next_cursor={result.next_cursor}")
     for line in result.lines:
