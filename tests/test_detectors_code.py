@@ -305,3 +305,70 @@ def test_scanning_real_library_code_never_crashes():
     for path in files:
         for finding in scan_code(path):
             assert isinstance(finding, CodeFinding) and finding.rule in code_scan.RULES
+
+
+_REPACKAGE_HIDDEN = (
+    "def repackage_hidden(h):\n"
+    "    if isinstance(h, torch.Tensor):\n"
+    "        return h.detach()\n"
+    "    else:\n"
+    "        return tuple(repackage_hidden(v) for v in h)\n"
+)
+
+
+def _bptt_loop(top_of_loop: str, helpers: str = "") -> str:
+    """PyTorch's word_language_model training loop, with `top_of_loop` where it re-packages the hidden state."""
+    return (
+        "import torch\n"
+        f"{helpers}"
+        "def train(model, train_data, criterion, optimizer, bsz, bptt):\n"
+        "    hidden = model.init_hidden(bsz)\n"
+        "    for batch, i in enumerate(range(0, train_data.size(0) - 1, bptt)):\n"
+        "        data, targets = get_batch(train_data, i)\n"
+        f"        {top_of_loop}\n"
+        "        model.zero_grad()\n"
+        "        output, hidden = model(data, hidden)\n"
+        "        loss = criterion(output, targets)\n"
+        "        loss.backward()\n"
+        "        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)\n"
+        "        optimizer.step()\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "top_of_loop, helpers",
+    [
+        ("hidden = repackage_hidden(hidden)", _REPACKAGE_HIDDEN),
+        ("hidden = tuple(h.detach() for h in hidden)", ""),
+        ("hidden = [h.detach() for h in hidden]", ""),
+        ("hidden = [x.detach().clone() for x in hidden]", ""),
+        ("hidden = (hidden[0].detach(), hidden[1].detach())", ""),
+        ("hidden = hidden.detach()", ""),
+        ("hidden.detach_()", ""),
+        ("hidden = hidden.data", ""),
+        ("hidden = utils.detach_hidden(hidden)", ""),
+        ("hidden = snapshot(hidden)", "@torch.no_grad()\ndef snapshot(h):\n    return h * 1\n"),
+        ("with torch.no_grad():\n            hidden = hidden * 1", ""),
+    ],
+    ids=["repackage_hidden", "tuple_genexp", "listcomp", "detach_clone", "lstm_pair", "detach", "detach_", "data",
+         "named_helper", "no_grad_helper", "no_grad_block"],
+)
+def test_truncated_bptt_idioms_detach_the_carried_state(top_of_loop, helpers):
+    assert scan_source(_bptt_loop(top_of_loop, helpers)) == []
+
+
+@pytest.mark.parametrize(
+    "top_of_loop, helpers",
+    [
+        ("pass", ""),
+        ("pass", _REPACKAGE_HIDDEN),  # the helper is defined but never applied to the state
+        ("hidden = mix(hidden, data.detach())", ""),  # a detach of another value does not cut the chain
+        ("hidden = step(hidden)", "def step(h):\n    return h.detach() if h is None else h\n"),
+        ("hidden = (hidden[0].detach(), hidden[1])", ""),  # half the LSTM state still carries the graph
+    ],
+    ids=["no_detach", "helper_unused", "other_value_detached", "helper_not_always_detaching", "half_detached"],
+)
+def test_carried_state_without_a_detach_is_still_flagged(top_of_loop, helpers):
+    findings = scan_source(_bptt_loop(top_of_loop, helpers))
+    assert "carried_state_no_detach" in {f.rule for f in findings}
+    assert code_hypotheses(findings)[0].failure == "graph_reuse"

@@ -142,6 +142,44 @@ def test_ddp_with_unused_parameters_is_a_distributed_failure():
     assert any("find_unused_parameters=True" in f.action for f in top.fixes)
 
 
+
+def test_matmul_dtype_messages_name_both_dtypes_and_which_operand_has_which():
+    cuda = _top("RuntimeError: expected mat1 and mat2 to have the same dtype, but got: float != c10::Half\n")
+    assert cuda.failure == "dtype_mismatch" and "Float vs Half" in _explained(cuda)
+    assert "mat1 (a Linear's input, or the left operand of @) is float32" in _explained(cuda)
+    assert "is float16: the model was cast with .half()" in _explained(cuda)
+    assert any("autocast" in f.action for f in cuda.fixes)
+    cpu = _top(_raise(lambda: torch.randn(2, 3) @ torch.randn(3, 2).half()))  # 'expected m1 and m2 ...' on CPU
+    assert "Float vs Half" in _explained(cpu) and "vs c10" not in _explained(cpu)  # was "Float vs c10"
+    ints = _top("RuntimeError: expected mat1 and mat2 to have the same dtype, but got: long int != float")
+    assert "Long vs Float" in _explained(ints) and "is int64 but mat2" in _explained(ints)
+
+
+DATALOADER_BUS_ERROR = (
+    "RuntimeError: DataLoader worker (pid 8123) is killed by signal: Bus error. It is possible that dataloader's "
+    "workers are out of shared memory. Please try to raise your shared memory limit."
+)
+
+
+def test_dataloader_bus_error_is_host_shared_memory_in_either_phrasing():
+    for text, who in (
+        (DATALOADER_BUS_ERROR, "DataLoader worker pid 8123 died of SIGBUS"),
+        ("ERROR: Unexpected bus error encountered in worker. This might be caused by insufficient shared memory "
+         "(shm).", "a DataLoader worker died of SIGBUS"),
+    ):
+        top = _top(text)
+        assert top.failure == "oom" and [e.rule for e in top.evidence] == ["errors.shared_memory"]
+        assert who in _explained(top) and "/dev/shm" in _explained(top)
+        assert "--shm-size" in top.fixes[0].action and "num_workers" in top.fixes[0].action
+
+
+def test_other_worker_deaths_and_healthy_dtype_or_shm_lines_are_not_shared_memory():
+    killed = _top("RuntimeError: DataLoader worker (pid 8123) is killed by signal: Killed.")
+    assert [e.rule for e in killed.evidence] == ["errors.worker_killed"]
+    assert detect_errors("RuntimeError: DataLoader worker (pid 8123) is killed by signal: Segmentation fault.") == []
+    healthy = "autocast on: mat1 and mat2 are float16, same dtype; /dev/shm has 16 GB of shared memory\n"
+    assert detect_errors(healthy) == []
+
 # --- verbatim public messages ------------------------------------------------------------------------
 
 PUBLIC = [c for c in CASES if c["source"].startswith("issue:")]

@@ -358,6 +358,11 @@ _TENSORY_NAMES = {
     "embeddings",
 }
 _EPS_NAME = re.compile(r"eps|epsilon|tiny|min_val|_min\b|floor", re.IGNORECASE)
+_DETACH_CALLS = {"detach", "detach_"}
+_DETACHING_NAME = re.compile(r"detach|repackage", re.IGNORECASE)
+"""`repackage_hidden`, `detach_state`: helpers named for what they do, even when defined in another file."""
+_COPIES = {"clone", "contiguous", "to", "cpu", "cuda", "float", "half", "bfloat16", "double", "requires_grad_"}
+"""Methods that keep a detached tensor detached: `h.detach().clone()` still has no history."""
 
 
 def _call_name(call: ast.Call) -> str:
@@ -478,6 +483,7 @@ class _Scanner:
         )
         self.step_functions = self._functions_that(lambda c: isinstance(c, ast.Call) and _is_optimizer_step(c))
         self.zero_grad_functions = self._functions_that(_is_zero_grad)
+        self.detaching_functions = self._detaching_functions()
         self.findings: list[CodeFinding] = []
 
     # --- call graph ------------------------------------------------------------------------------
@@ -512,6 +518,41 @@ class _Scanner:
                     if name in found:
                         break
         return found
+
+    def _detaching_functions(self) -> set[str]:
+        """Local helpers whose every return is detached, like the recursive `repackage_hidden`: start from all
+        functions and drop those with a return that is not, until nothing changes (so recursion counts)."""
+        found = set(self.functions)
+        while True:
+            kept = {name for name in found if all(self._returns_detached(fn, found) for fn in self.functions[name])}
+            if kept == found:
+                return found
+            found = kept
+
+    def _returns_detached(self, fn: ast.AST, helpers: set[str]) -> bool:
+        if any(re.search(r"no_grad|inference_mode", _dotted(d)) for d in fn.decorator_list):
+            return True
+        returns = [n.value for n in _walk_no_defs(fn) if isinstance(n, ast.Return)]
+        return bool(returns) and all(v is not None and self._detached(v, helpers) for v in returns)
+
+    def _detached(self, expr: ast.AST, helpers: set[str] | None = None) -> bool:
+        """The value has no graph history: `.detach()`, `.data`, a detaching helper, or a tuple/list/comprehension
+        of those (`tuple(h.detach() for h in hidden)`)."""
+        helpers = self.detaching_functions if helpers is None else helpers
+        if isinstance(expr, (ast.Tuple, ast.List)):
+            return bool(expr.elts) and all(self._detached(e, helpers) for e in expr.elts)
+        if isinstance(expr, (ast.ListComp, ast.GeneratorExp)):
+            return self._detached(expr.elt, helpers)
+        if isinstance(expr, ast.Attribute):
+            return expr.attr == "data"
+        if not isinstance(expr, ast.Call):
+            return False
+        name = _call_name(expr)
+        if _DETACHING_NAME.search(name) or self._local_callee(expr) in helpers:  # .detach(), detach_state(h)
+            return True
+        if isinstance(expr.func, ast.Name) and name in {"tuple", "list"}:
+            return len(expr.args) == 1 and self._detached(expr.args[0], helpers)
+        return name in _COPIES and isinstance(expr.func, ast.Attribute) and self._detached(expr.func.value, helpers)
 
     def _does(self, scope: ast.AST, predicate, functions: set[str]) -> bool:
         return any(
@@ -841,15 +882,16 @@ class _Scanner:
                     "('Trying to backward through the graph a second time')",
                 )
 
-    @staticmethod
-    def _detached_in_loop(body_nodes: list[ast.AST], name: str) -> bool:
-        """`f(x, name.detach())`, `name = name.detach()` or `name.detach_()` anywhere in the loop breaks the chain."""
+    def _detached_in_loop(self, body_nodes: list[ast.AST], name: str) -> bool:
+        """`f(x, name.detach())` or `name.detach_()` anywhere in the loop breaks the chain, and so does re-binding
+        `name` to a detached value (`name = repackage_hidden(name)`, truncated BPTT's idiom) or under no_grad."""
         return any(
-            isinstance(node, ast.Call)
-            and _call_name(node) in {"detach", "detach_"}
-            and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == name
+            _is_detach_of(node, name)
+            or (
+                isinstance(node, ast.Assign)
+                and name in _target_names(node.targets)
+                and (self._detached(node.value) or self._in_no_grad(node))
+            )
             for node in body_nodes
         )
 
@@ -910,6 +952,17 @@ def _target_names(targets: Iterable[ast.AST]) -> set[str]:
         elif isinstance(t, (ast.Tuple, ast.List)):
             names |= _target_names(t.elts)
     return names
+
+
+def _is_detach_of(node: ast.AST, name: str) -> bool:
+    """`name.detach()` / `name.detach_()`."""
+    return (
+        isinstance(node, ast.Call)
+        and _call_name(node) in _DETACH_CALLS
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == name
+    )
 
 
 def _call_inputs(call: ast.Call) -> list[ast.AST]:

@@ -380,7 +380,13 @@ _DTYPE_WORDS = {
     "bool": "Bool",
     "c10::half": "Half",
     "c10::bfloat16": "BFloat16",
+    "long int": "Long",  # CUDA/CPU matmul checks print the C++ type names
+    "unsigned char": "Byte",
 }
+_TORCH_DTYPES = {"Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "Double": "float64", "Long": "int64",
+                 "Int": "int32", "Byte": "uint8", "Bool": "bool"}
+_CXX_DTYPE = r"((?:long |unsigned )?[\w:]+)"
+"""A dtype as a C++ type name: `float`, `c10::Half`, `long int` (the optional word cannot overlap the rest)."""
 
 
 def _dtype_name(raw: str) -> str:
@@ -428,14 +434,33 @@ def _dtype_advice(a: str, b: str) -> tuple[str, Fix]:
     )
 
 
-def _explain_dtype_pair(first: int, second: int) -> Explain:
+def _explain_dtype_pair(first: int, second: int, sides: Callable[[str, str], str | None] | None = None) -> Explain:
+    """`sides` says which operand holds which dtype when the message's order means something."""
+
     def explain(ms: Sequence[re.Match[str]], _: str) -> Reading:
         a, b = _dtype_name(ms[0].group(first) or "?"), _dtype_name(ms[0].group(second) or "?")
         cause, fix = _dtype_advice(a, b)
-        summary = f"{a} vs {b}: {cause}"
-        return Reading(summary=summary, root_causes=[summary], fixes=[fix])
+        side = sides(a, b) if sides else None
+        summary = f"{a} vs {b}: {side or cause}"
+        return Reading(summary=summary, root_causes=[summary, cause] if side else [summary], fixes=[fix])
 
     return explain
+
+
+def _matmul_sides(a: str, b: str) -> str | None:
+    """mat1/m1 is a Linear's input and mat2/m2 its weight (F.linear is addmm(bias, input, weight.T))."""
+    if "?" in (a, b):
+        return None
+    ta, tb = _TORCH_DTYPES.get(a, a), _TORCH_DTYPES.get(b, b)
+    side = f"mat1 (a Linear's input, or the left operand of @) is {ta} but mat2 (its weight, or the right one) is {tb}"
+    low = {"Half", "BFloat16"}
+    if a == "Float" and b in low:
+        return (f"{side}: the model was cast with .half()/.to(bfloat16) but the batch is still float32, or this layer "
+                "runs outside the autocast region")
+    if b == "Float" and a in low:
+        return (f"{side}: the input was cast to {ta} (or comes out of an autocast region) but this layer keeps "
+                "float32 weights and runs with autocast off")
+    return side
 
 
 def _device_of(raw: str) -> str:
@@ -826,6 +851,27 @@ def _explain_killed(kind: str) -> Explain:
     return explain
 
 
+def _explain_shm(ms: Sequence[re.Match[str]], _: str) -> Reading:
+    """Either PyTorch phrasing: the worker's own SIGBUS line, or the main process's 'killed by signal: Bus error'."""
+    pid = next((m.group(1) for m in ms if m.group(1)), None)
+    who = f"DataLoader worker pid {pid}" if pid else "a DataLoader worker"
+    summary = (
+        f"{who} died of SIGBUS: the workers ran out of host shared memory (/dev/shm), where they put batches for the "
+        "main process; Docker's default is 64 MB"
+    )
+    return Reading(
+        summary=summary,
+        root_causes=[summary],
+        fixes=[
+            _fix(
+                "Raise /dev/shm: run the container with --shm-size=16g or --ipc=host (Kubernetes: mount an emptyDir "
+                "with medium: Memory at /dev/shm), or lower num_workers",
+                "Workers can pass batches to the main process",
+            )
+        ],
+    )
+
+
 def _explain_tf_oom(ms: Sequence[re.Match[str]], _: str) -> Reading:
     dims = _ints(ms[0].group(1))
     elements = 1
@@ -1033,8 +1079,8 @@ _RULES: tuple[_Rule, ...] = (
     # --- dtype_mismatch -----------------------------------------------------------------------
     _Rule("scalar_type_found", "dtype_mismatch", r"expected scalar type (\w+) but found (\w+)", 0.9, _explain_dtype_pair(1, 2), grep="scalar type"),
     _Rule("found_dtype", "dtype_mismatch", r"Found dtype (\w+) but expected (\w+)", 0.9, _explain_dtype_pair(1, 2), grep="Found dtype"),
-    _Rule("mat_same_dtype", "dtype_mismatch", r"mat1 and mat2 must have the same dtype(?:, but got (\w+) and (\w+))?", 0.9, _explain_dtype_pair(1, 2), grep="same dtype"),
-    _Rule("m1_m2_dtype", "dtype_mismatch", r"expected m1 and m2 to have the same dtype, but got: (\w+) != (\w+)", 0.9, _explain_dtype_pair(1, 2), grep="same dtype"),
+    _Rule("mat_same_dtype", "dtype_mismatch", r"mat1 and mat2 must have the same dtype(?:, but got (\w+) and (\w+))?", 0.9, _explain_dtype_pair(1, 2, _matmul_sides), grep="same dtype"),
+    _Rule("m1_m2_dtype", "dtype_mismatch", r"expected (?:m1|mat1) and (?:m2|mat2) to have the same dtype, but got: " + _CXX_DTYPE + " != " + _CXX_DTYPE, 0.9, _explain_dtype_pair(1, 2, _matmul_sides), grep="same dtype"),
     _Rule("object_scalar_type", "dtype_mismatch", r"Expected object of scalar type (\w+) but got scalar type (\w+)", 0.9, _explain_dtype_pair(1, 2), grep="scalar type"),
     _Rule("input_weight_type", "dtype_mismatch", r"Input type \(([\w.:]+)\) and (weight|bias) type \(([\w.:]+)\) should be the same", 0.9, _explain_input_weight_type, grep="should be the same"),
     _Rule("argument_same_type", "dtype_mismatch", r"Expected tensor for argument #\d+ '\w+' to have the same type as tensor for argument #\d+ '(\w+)'; but type ([\w.]+) does not equal ([\w.]+)", 0.9,
@@ -1106,8 +1152,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("xla_oom", "oom", r"RESOURCE_EXHAUSTED: Out of memory", 0.9, grep="RESOURCE_EXHAUSTED"),
     _Rule("worker_killed", "oom", r"DataLoader worker \(pid \d+\) is killed by signal: Killed", 0.75,
           _template("a DataLoader worker was SIGKILLed: the workers together ran the host out of RAM (each holds its own copy of Python objects it touches)", _fix("Lower num_workers, keep dataset state in numpy arrays / memory-mapped files rather than Python lists, or add RAM", "Workers stay alive")), grep="killed by signal"),
-    _Rule("shared_memory", "oom", r"insufficient shared memory \(shm\)", 0.8,
-          _template("DataLoader workers ran out of shared memory (/dev/shm), typical in Docker's 64 MB default", _fix("Run the container with --shm-size=16g or --ipc=host, or lower num_workers", "Workers can pass batches to the main process")), grep="shm"),
+    _Rule("shared_memory", "oom", r"insufficient shared memory \(shm\)|DataLoader worker \(pid (\d+)\) is killed by signal: Bus error", 0.8, _explain_shm, grep="shared memory"),
     _Rule("kernel_oom_killer", "oom", r"Out of memory: Kill(?:ed)? process \d+|\boom-kill(?:er)?\b|\boom_kill_process\b", 0.9, _explain_killed("the kernel log shows the OOM killer"), grep="oom"),
     _Rule("killed_line", "oom", r"(?m)^\s*Killed\s*$|^(?:\S+: )?(?:line \d+: )?\d+ Killed\s+\S", 0.55, _explain_killed("the shell printed 'Killed'"), grep="Killed", case_sensitive=True),
     _Rule("exit_137", "oom", r"\bexit(?:ed)?(?:[ _]?code| status| with (?:exit )?(?:code|status))?[ \t]{0,8}(?:[:=][ \t]{0,8})?\(?(?:137|-9)\b", 0.55, _explain_killed("exit code 137 / -9"), grep="exit"),
