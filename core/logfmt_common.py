@@ -35,7 +35,7 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # Names that say "which step" rather than "what was measured" (compared after normalising).
 STEP_KEYS = frozenset({"step", "steps", "iter", "iteration", "global_step", "num_updates", "_step",
                        "train_global_step", "trainer_global_step", "it", "update_step", "train_step",
-                       "trainer/global_step", "optimizer_step", "n_iter", "iter_num"})
+                       "trainer/global_step", "train/global_step", "optimizer_step", "n_iter", "iter_num"})
 
 # Bookkeeping columns that are not metrics and would only clutter the series list.
 IGNORED_KEYS = frozenset({"runtime", "_runtime", "_timestamp", "timestamp", "time_stamp", "wall_time", "walltime",

@@ -41,7 +41,7 @@ _NONFINITE_WORD = r"[-+]?(?:[Nn]a[Nn]|NAN|[Ii]nf(?:inity)?|INF(?:INITY)?)"
 # inside prose ("number of nan iterations: 0").
 _KV_RE = re.compile(
     r"(?<![\w.\-/])(?P<key>[A-Za-z_][\w./\-]*(?:[ ](?:\([\w/%.]+\)|[A-Za-z_][\w./\-]*)){0,5}?)"
-    r"[\"']?\s*(?:[:=]\s*|\s+)"
+    r"[\"']?\s*(?:[:=]\s*|\s+)\[?"  # DeepSpeed prints per-group values in brackets: lr=[0.0001]
     rf"(?P<val>{_NUMERIC}(?=ms|s|%|x|:(?!\d)|[^\w.:]|$)(?!-\d)|{_NONFINITE_WORD}(?=\s*(?:$|[|,;)\]}}'\"]|-\s)|\s+[A-Za-z_][\w./\-]*\s*=))")
 # "trainer.py:120" is a source location, not a metric called "trainer.py".
 _SOURCE_FILE_RE = re.compile(r"\.(?:py|pyx|cc|cpp|cu|h|c|rs|go|js|ts|java)$")
@@ -104,11 +104,12 @@ def split_pairs(pairs: list[tuple[str, float]]) -> tuple[dict[str, float], float
     """Separate the step from the metrics; also say whether any detector-known metric is present."""
     values: dict[str, float] = {}
     step = None
+    counter = False  # the step came from W&B's `_step`, a count of log calls: a trainer's own step wins
     known = False
     for key, value in pairs:
         if is_step_key(key):
-            if step is None:
-                step = value
+            if step is None or (counter and not key.startswith("_")):
+                step, counter = value, key.startswith("_")
             continue
         if is_ignored_key(key) or key in values:
             continue

@@ -69,9 +69,16 @@ def register_knowledge(mcp: MCPServer, env: ToolEnv) -> None:
         target = _inside_roots(env, "/" + path.lstrip("/"))
         if target.is_dir():
             raise ResourceError(f"{target} is a directory. Call tail_log with path={str(target)!r} to list its logs.")
+        if target.exists() and not target.is_file():
+            raise ResourceError(f"{target} is not a regular file (a pipe, socket or device): nothing to tail.")
         if not target.is_file():
             raise ResourceError(f"{target} does not exist. Call tail_log with a directory to list the logs in it.")
         return _tail_text(target)
+
+    # RFC 8089 allows the local host by name: file://localhost/abs/path is the same file.
+    mcp.resource("file://localhost/{+path}", name="file_localhost", title="A local file's tail (localhost form)",
+                 description="The same as file:///{path}, for clients that write the host.", mime_type="text/plain",
+                 security=ResourceSecurity(exempt_params=frozenset({"path"})))(local_file)
 
     @mcp.prompt(name="debug_training_run", title="Debug a training run",
                 description="Walk the decision tree for one training log, from evidence to journal and regression test.")

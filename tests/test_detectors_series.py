@@ -264,6 +264,12 @@ def test_overfitting_onset_is_the_eval_minimum() -> None:
     assert any("accuracy" in e.text for e in h.evidence), "the train/eval accuracy gap (> 5%) is evidence too"
 
 
+def test_a_rising_eval_loss_without_a_train_loss_is_no_alarm() -> None:
+    ev = list(np.linspace(1.0, 2.0, 20))  # eval loss only, rising from its first value
+    h = strongest(series_log({"eval_loss": ev}), "overfitting")
+    assert h is None or (h.confidence < 0.5 and "no train loss" in h.evidence[0].text)
+
+
 def test_accuracy_gap_alone_is_moderate_evidence() -> None:
     n = 200
     acc = list(np.linspace(0.5, 0.95, n))

@@ -456,3 +456,29 @@ def test_nan_between_key_value_pairs_is_kept():
     assert loss.stats.first_nonfinite_step == 2
     prose = parse_metrics_text("number of nan iterations: 0 loss 2.0\n")
     assert all(s.stats.nan_count == 0 for s in prose.series)
+
+
+def test_bracketed_values_deepspeed_lr_and_tutorial_step_counters():
+    # deepspeed/runtime/engine.py _report_progress: "step={}, skipped={}, lr={}, mom={}" with per-group lists
+    ds = parse_metrics_text(
+        "[2024-05-01 12:00:00,000] [INFO] [logging.py:96:log_dist] [Rank 0] step=100, skipped=0, lr=[0.0001], "
+        "mom=[(0.9, 0.999)]\n"
+        "[2024-05-01 12:00:09,000] [INFO] [logging.py:96:log_dist] [Rank 0] step=110, skipped=0, lr=[9e-05], "
+        "mom=[(0.9, 0.999)]\n", fmt="keyvalue")
+    lr = ds.get("lr")
+    assert lr is not None and lr.stats.last_value == 9e-05 and lr.stats.last_step == 110.0
+    # The classic PyTorch tutorial print: print(f"Epoch [{e}/{n}], Step [{i}/{total}], Loss: {loss:.4f}")
+    tut = parse_metrics_text("Epoch [1/5], Step [100/600], Loss: 0.6931\nEpoch [1/5], Step [200/600], Loss: 0.5123\n")
+    loss = tut.get("loss")
+    assert loss is not None and loss.steps == [100.0, 200.0] and loss.stats.last_value == 0.5123
+
+
+def test_wandb_history_prefers_the_trainers_global_step_over_the_log_call_counter():
+    # transformers' WandbCallback logs train/global_step; wandb adds _step, a count of wandb.log calls
+    lines = "".join(json.dumps({"_step": i, "train/loss": 2.0 - i / 100, "train/global_step": 100 * i,
+                                "_runtime": 3.5 * i, "_timestamp": 1.7e9 + i}) + "\n" for i in range(20))
+    parsed = parse_metrics_text(lines)
+    assert parsed.names == ["loss"], "global_step is the step, not a metric"
+    assert parsed.get("loss").steps[:3] == [0.0, 100.0, 200.0] and parsed.get("loss").stats.last_step == 1900.0
+    alone = parse_metrics_text("".join(json.dumps({"_step": i, "loss": 1.0}) + "\n" for i in range(3)))
+    assert alone.get("loss").steps == [0.0, 1.0, 2.0], "with nothing else, _step is the step"

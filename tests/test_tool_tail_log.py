@@ -223,6 +223,7 @@ async def test_read_metrics_plot_draws_the_selected_series(root: Path, drawn, ar
     assert sorted(key for panel in panels for key in panel) == sorted(
         s["name"] if s["rank"] is None else f'{s["name"]}@rank{s["rank"]}' for s in result.structured_content["series"])
 
+
 async def test_file_resource_gives_the_tail_inside_roots_and_points_at_tail_log_outside(root: Path):
     log = root / "runs" / "train.log"
     async with Client(_server(root)) as client:
@@ -230,7 +231,13 @@ async def test_file_resource_gives_the_tail_inside_roots_and_points_at_tail_log_
         assert content.contents[0].text.rstrip().endswith(TRACEBACK.strip().splitlines()[-1])
         with pytest.raises(Exception) as info:
             await client.read_resource("file:///etc/hostname")
+        same = await client.read_resource(f"file://localhost{log}")  # RFC 8089's named local host
+        assert same.contents[0].text == content.contents[0].text
+        os.mkfifo(root / "runs" / "pipe.log")
+        with pytest.raises(Exception) as fifo:
+            await client.read_resource(f"file://{root / 'runs' / 'pipe.log'}")
     assert "tail_log" in str(info.value) and "outside the allowed roots" in str(info.value)
+    assert "not a regular file" in str(fifo.value)
 
 
 async def test_roots_offered_by_the_client_are_allowed(root: Path, tmp_path_factory):

@@ -477,7 +477,10 @@ def detect_overfitting(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesi
                 text = (f"eval loss bottomed at {fmt(min_v)} (step {fmt(onset)}) and rose {100 * rise:.0f}% to "
                         f"{fmt(tail)}")
                 confidence = 0.5
-                if tr is not None:
+                if tr is None:  # a rising eval loss alone cannot tell overfitting from divergence
+                    text += " (no train loss is logged to tell overfitting from divergence)"
+                    confidence = 0.35
+                else:
                     at = tr.values[tr.steps <= onset]
                     later = tr.values[tr.steps > onset]
                     k = max(3, window_size(len(tr), limits) // 2)
