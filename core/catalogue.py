@@ -103,6 +103,14 @@ THRESHOLDS: dict[str, Threshold] = {
             "non-differentiable indexing, argmax) or the parameters are not in the loss at all.",
         ),
         _threshold(
+            "grad_norm_vanishing",
+            1e-7,
+            "<",
+            "gradient norm (global or per layer)",
+            "A gradient norm under 1e-7 carries no usable signal, even when Adam rescales it into normal-looking "
+            "updates: the layers behind it are not learning from the loss.",
+        ),
+        _threshold(
             "grad_norm_exploding",
             10.0,
             ">",

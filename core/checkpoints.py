@@ -7,6 +7,7 @@ anything else only through `torch.load(weights_only=True)`, never an unrestricte
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from ml_debug_mcp.core.gradients import (CANCELLED_BIAS, DEFAULT_TOP, Checkpoint
 from ml_debug_mcp.core.worker import run_worker
 
 RUNNING_STATISTICS = ("running_mean", "running_var")
+OPTIMIZER_KEY = re.compile(r"(opt|optim|optimizer)s?(_state(_dict)?s?)?", re.IGNORECASE)
+UNCHANGED = ("bitwise identical in both checkpoints: it did not move at all. It may be frozen on purpose "
+             "(requires_grad=False) or missing from the optimizer's param groups; only if neither, its gradient vanished")
 
 
 def compare_checkpoints(before: Path, after: Path, *, steps_between: int | None, python: str, timeout: float,
@@ -28,6 +32,7 @@ def compare_checkpoints(before: Path, after: Path, *, steps_between: int | None,
 
 def report_from_checkpoints(raw: dict, before: Path, after: Path, *, steps_between: int | None,
                             top: int = DEFAULT_TOP) -> GradientReport:
+    raw, optimizer_tensors = _without_optimizer_state(raw)
     mismatch = _mismatch(raw)
     if not raw["tensors"]:
         raise ValueError(f"{before.name} and {after.name} have no floating-point tensor in common with the same "
@@ -37,7 +42,10 @@ def report_from_checkpoints(raw: dict, before: Path, after: Path, *, steps_betwe
     judged = [t for t in raw["tensors"] if t["name"].rpartition(".")[2] not in RUNNING_STATISTICS]
     layers = [_layer(t, per_step) for t in judged]
     _forgive_cancelled_biases(layers, {t["name"] for t in raw["tensors"]})
-    warnings = list(raw.get("notes", []))
+    warnings = list(dict.fromkeys(raw.get("notes", [])))  # both files usually say the same
+    if optimizer_tensors:
+        warnings.append(f"{optimizer_tensors} optimizer-state tensors (under an 'opt'/'optim'/'optimizer' key) were "
+                        "not analysed: only the model's parameters are.")
     if len(judged) < len(raw["tensors"]):
         warnings.append(f"{len(raw['tensors']) - len(judged)} normalisation statistics (running_mean/running_var) "
                         "were not judged: they are running averages, not optimizer updates.")
@@ -57,8 +65,24 @@ def report_from_checkpoints(raw: dict, before: Path, after: Path, *, steps_betwe
             text="no tensor changed at all between the two checkpoints: the same state saved twice, an optimizer "
                  "without the model's parameters, or a zero learning rate")]
     settings = {"steps_between": steps_between, "keys_before": raw["keys_before"], "keys_after": raw["keys_after"]}
-    return assemble("checkpoints", f"{before} -> {after}", layers, top=top, steps=[], extra=extra,
-                    mismatch=mismatch, settings=settings, warnings=warnings)
+    report = assemble("checkpoints", f"{before} -> {after}", layers, top=top, steps=[], extra=extra,
+                      mismatch=mismatch, settings=settings, warnings=warnings)
+    if unchanged:
+        _requires_grad_fix_first(report)
+    return report
+
+
+def _without_optimizer_state(raw: dict) -> tuple[dict, int]:
+    """Optimizer moments are not parameters: drop tensors under an optimizer key the worker did not skip."""
+    kept = [t for t in raw["tensors"] if not OPTIMIZER_KEY.fullmatch(t["name"].partition(".")[0])]
+    return {**raw, "tensors": kept}, len(raw["tensors"]) - len(kept)
+
+
+def _requires_grad_fix_first(report: GradientReport) -> None:
+    """A tensor that did not move at all is frozen or outside the optimizer before it is a vanishing gradient."""
+    for hypothesis in report.hypotheses:
+        if hypothesis.failure == "vanishing_gradients":
+            hypothesis.fixes.sort(key=lambda fix: "requires_grad" not in fix.action)
 
 
 def _layer(t: dict, per_step: int) -> LayerGradient:
@@ -69,7 +93,7 @@ def _layer(t: dict, per_step: int) -> LayerGradient:
         band, reason = "overflow", (f"{t['nonfinite_after']} NaN/Inf values in the later checkpoint "
                                     "(grad_norm_overflow: non-finite = overflow)")
     elif t.get("identical"):
-        band, reason = "frozen", "bitwise identical in both checkpoints: it did not move at all"
+        band, reason = "frozen", UNCHANGED
         ratio = 0.0
         if not judges_ratio(t.get("shape")):
             band, reason = "healthy", reason + " (1-D parameter: reported, not judged)"

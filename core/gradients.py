@@ -17,15 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.catalogue import THRESHOLDS, FailureId, failure_info
-from ml_debug_mcp.core.diagnosis import Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis import Evidence, Fix, Hypothesis
 
-Band = Literal["overflow", "broken", "exploding", "large", "frozen", "healthy"]
-BANDS: tuple[Band, ...] = ("overflow", "broken", "exploding", "large", "frozen", "healthy")
+Band = Literal["overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy"]
+BANDS: tuple[Band, ...] = ("overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy")
 NonFinite = Literal["nan", "inf", "-inf"]
 Source = Literal["model", "checkpoints", "probe_stats"]
 BAND_FAILURE: dict[str, FailureId] = {"overflow": "nan_loss", "broken": "vanishing_gradients",
                                       "exploding": "exploding_gradients", "large": "exploding_gradients",
-                                      "frozen": "vanishing_gradients"}
+                                      "vanishing": "vanishing_gradients", "frozen": "vanishing_gradients"}
 DEFAULT_TOP = 20
 MAX_TOP = 200
 MAX_HISTORY = 200
@@ -33,6 +33,18 @@ MAX_STATS_BYTES = 256 << 20
 MAX_TRACKED_PARAMS = 20000
 TREND_FACTOR = 2.0  # descriptive only: "rising" when the last value is more than twice the first
 MEAN_REMOVING_NORMS = ("BatchNorm", "SyncBatchNorm", "InstanceNorm")
+GRAD_NORM_VANISHING = float(THRESHOLDS["grad_norm_vanishing"].value)
+DEFAULT_LOSS_OUTPUT = ("with a tuple/dict output the default loss uses only its 'loss' entry, else 'logits', else "
+                       "the first tensor")
+MISSING_GRAD = ("requires grad but got no gradient (grad is None). Three causes: forward never uses it (an unused "
+                "nn.Parameter or layer); it only feeds an output the loss ignores ({loss_output}, so an auxiliary "
+                "head gets nothing); or the graph is cut before it by detach()/no_grad")
+MISSING_GRAD_FIXES = [
+    Fix(action="Use every parameter in forward, or delete the unused ones (an nn.Parameter forward never touches "
+               "gets no gradient)", expected_effect="Every trainable parameter gets a gradient"),
+    Fix(action="Put every output the model returns into the loss (e.g. loss = main + w * aux), or pass a loss_fn "
+               "that does", expected_effect="The auxiliary head gets a gradient"),
+]
 CANCELLED_BIAS = ("gradient ~0 by construction, and harmless: the next layer ({norm}) subtracts the per-channel mean, which cancels "
                   "this bias, so it never gets a gradient; bias=False saves the parameter")
 
@@ -160,12 +172,15 @@ def band_for(*, grad_missing: bool = False, grad_norm: float | None = None, grad
     if grad_nonfinite:
         return "overflow", f"gradient norm is {grad_nonfinite.upper()} (grad_norm_overflow: non-finite = overflow)"
     if grad_missing:
-        why = "its module never ran in forward" if not module_ran else "the graph is cut before it (detach/no_grad)"
-        return "broken", f"requires grad but got no gradient: {why}"
+        if not module_ran:
+            return "broken", "requires grad but got no gradient: its module never ran in forward"
+        return "broken", MISSING_GRAD.format(loss_output=DEFAULT_LOSS_OUTPUT)
     if grad_norm is not None and grad_norm <= threshold("grad_norm_broken"):
         return "broken", "gradient norm is exactly 0 (grad_norm_broken): nothing flows back to it"
     if grad_norm is not None and grad_norm > threshold("grad_norm_exploding"):
         return "exploding", f"gradient norm {fmt(grad_norm)} > {threshold('grad_norm_exploding'):g} (grad_norm_exploding)"
+    if grad_norm is not None and grad_norm < GRAD_NORM_VANISHING:
+        return "vanishing", _vanishing_reason(grad_norm, ratio if judge_ratio else None)
     if not judge_ratio:
         return "healthy", "gradient present and finite (1-D parameter: update ratio reported, not judged)"
     if ratio is not None and ratio > threshold("update_ratio_unstable"):
@@ -176,6 +191,15 @@ def band_for(*, grad_missing: bool = False, grad_norm: float | None = None, grad
     return "healthy", (f"update ratio {fmt(ratio)} within [{threshold('update_ratio_frozen'):g}, "
                        f"{threshold('update_ratio_unstable'):g}] (target ~{target:g})" if ratio is not None
                        else "gradient present and finite")
+
+
+def _vanishing_reason(grad_norm: float, ratio: float | None) -> str:
+    """A tiny gradient vanishes whatever the update ratio says: Adam divides by its own running scale."""
+    reason = f"gradient norm {fmt(grad_norm)} < {GRAD_NORM_VANISHING:g} (vanishing)"
+    if ratio is not None and ratio >= threshold("update_ratio_frozen"):
+        reason += (f"; update ratio {fmt(ratio)} looks normal because Adam rescales the step, but the gradient "
+                   f"signal is ~{grad_norm:.0e}")
+    return reason
 
 
 def _severity(layer: LayerGradient) -> tuple:
@@ -260,7 +284,7 @@ def build_hypotheses(layers: list[LayerGradient], *, steps: list[GradientStep], 
 
 def _vanishing(ordered: list[LayerGradient], by_band: dict[str, list[LayerGradient]],
                extra: list[Evidence], onset: float | None) -> Hypothesis | None:
-    broken, frozen = by_band["broken"], by_band["frozen"]
+    broken, frozen = by_band["broken"], by_band["vanishing"] + by_band["frozen"]
     moving = by_band["healthy"] + by_band["large"] + by_band["exploding"]
     if not (broken or frozen or extra):
         return None
@@ -269,7 +293,10 @@ def _vanishing(ordered: list[LayerGradient], by_band: dict[str, list[LayerGradie
     if profile is not None and not broken:
         evidence.append(profile)
     evidence += [_layer_evidence(l, "grad_norm", l.grad_norm, _rule("grad_norm_broken")) for l in broken[:3]]
-    evidence += [_layer_evidence(l, "update_ratio", l.update_ratio, _rule("update_ratio_frozen")) for l in frozen[:3]]
+    evidence += [_layer_evidence(l, "grad_norm", l.grad_norm, f"gradient norm < {GRAD_NORM_VANISHING:g}")
+                 for l in by_band["vanishing"][:3]]
+    evidence += [_layer_evidence(l, "update_ratio", l.update_ratio, _rule("update_ratio_frozen"))
+                 for l in by_band["frozen"][:3]]
     if extra or broken:
         confidence = 0.9
     elif moving and _early(frozen, moving):
@@ -282,10 +309,15 @@ def _vanishing(ordered: list[LayerGradient], by_band: dict[str, list[LayerGradie
             "every layer is below the frozen threshold: the learning rate is far too small, or gradients vanish "
             "everywhere")))
     prefer = ("detach", "requires_grad", "frozen") if extra or broken else ("ReLU", "saturating", "residual")
-    return _hypothesis("vanishing_gradients", confidence, evidence, onset, prefer)
+    hypothesis = _hypothesis("vanishing_gradients", confidence, evidence, onset, prefer)
+    if any(l.grad_missing for l in broken):
+        hypothesis.fixes = hypothesis.fixes[:1] + MISSING_GRAD_FIXES + hypothesis.fixes[1:2]
+    return hypothesis
 
 
 def _early(frozen: list[LayerGradient], moving: list[LayerGradient]) -> bool:
+    """Weights against weights: a layer's own bias moving must not hide that its weight starves."""
+    frozen, moving = ([l for l in ls if judges_ratio(l.shape)] for ls in (frozen, moving))
     first_frozen = min((l.order for l in frozen if l.order is not None), default=None)
     first_moving = min((l.order for l in moving if l.order is not None), default=None)
     return first_frozen is not None and first_moving is not None and first_frozen < first_moving
@@ -520,6 +552,8 @@ class _Track:
         self.peak = grad if self.peak is None else max(self.peak, grad)
         if grad <= threshold("grad_norm_broken"):
             self.events.setdefault("broken", step)
+        elif grad < GRAD_NORM_VANISHING:
+            self.events.setdefault("vanishing", step)
         elif grad > threshold("grad_norm_exploding"):
             self.events.setdefault("exploding", step)
         if self.judge_ratio and self.ratio is not None:

@@ -39,7 +39,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _ATX_HEADING = re.compile(r"^( {0,3})(#{1,6})(?=[ \t]|$)")
 _SETEXT_UNDERLINE = re.compile(r"^( {0,3})(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_HTML_BLOCK = re.compile(r"^( {0,3})<(?=(?:pre|script|style|textarea)\b)", re.IGNORECASE)
+# CommonMark raw-HTML blocks that run until a terminator rather than a blank line: <pre>, <script>,
+# <style>, <textarea>, <!-- -->, <? ?>, <!DOCTYPE ...> and <![CDATA[ ]]>. Unescaped, they swallow later entries.
+_HTML_BLOCK = re.compile(r"^( {0,3})<(?=(?:pre|script|style|textarea)\b|[!?])", re.IGNORECASE)
 
 
 class JournalEntry(BaseModel):
@@ -166,7 +168,10 @@ def _field(label: str, text: str) -> str:
 
 
 def _bullet(text: str) -> str:
-    first, *rest = neutralise_markdown(text).split("\n")
+    lines = neutralise_markdown(text).split("\n")
+    if _FENCE.match(lines[0]):  # a fence opened on the bullet's own line hides from line-based readers
+        lines = ["(code)"] + lines
+    first, *rest = lines
     return "\n".join([f"- {first}"] + [f"  {line}" if line else "" for line in rest]) + "\n"
 
 

@@ -23,6 +23,7 @@ TAIL_CALLS = 20
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32"}
 _INTEGER = ("int64", "int32", "int16", "int8", "uint8")
+BATCH_NORMS = ("BatchNorm", "SyncBatchNorm")
 
 
 def check_inputs(shapes: list[list[int]] | None, dtype: str | list[str] | None) -> tuple[list[list[int]] | None,
@@ -121,6 +122,7 @@ class ShapeReport(BaseModel):
     calls_omitted: int = Field(0, description="Calls left out of `calls` (from the middle)")
     total_params: int = 0
     trainable_params: int = 0
+    notes: list[str] = Field(default_factory=list, description="What this eval-mode pass cannot show about training")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,10 +150,22 @@ def report_from_trace(raw: dict, target: str) -> ShapeReport:
         calls=[calls[i] for i in keep], calls_total=len(calls) + raw.get("calls_dropped", 0),
         calls_omitted=len(calls) + raw.get("calls_dropped", 0) - len(keep),
         total_params=raw.get("total_params", 0), trainable_params=raw.get("trainable_params", 0))
+    report.notes = _batch_norm_notes(calls)
     report.summary = failure.explanation if failure else (
         f"forward pass ok: {report.calls_total} module calls, output "
         f"{', '.join(str(t.shape) for t in report.output[:3]) or '(no tensor)'}")
     return report
+
+
+def _batch_norm_notes(calls: list[ModuleCall]) -> list[str]:
+    """The trace runs in eval mode, where BatchNorm takes a batch of one; training mode refuses it."""
+    names = [c.name or "(the model)" for c in calls
+             if c.type.startswith(BATCH_NORMS) and c.inputs and c.inputs[0].shape[:1] == [1]]
+    if not names:
+        return []
+    return [f"Batch size 1 reaches BatchNorm layers ({', '.join(dict.fromkeys(names[:5]))}): this check runs in "
+            "eval mode, so it passes, but training mode needs a batch > 1 and fails with 'Expected more than 1 "
+            "value per channel when training'. Train with batch size >= 2, or use GroupNorm/LayerNorm."]
 
 
 def _kept_indices(n: int, failure: dict | None) -> list[int]:
@@ -198,7 +212,7 @@ def _mismatch(f: ShapeFailure, what: str, want: Any, got: Any, fix: str) -> tupl
 def explain(f: ShapeFailure, config: dict) -> tuple[str | None, str]:
     """(expected, explanation) from the module's configuration and the shapes it received."""
     kind, x = f.module_type or "", f.received[0] if f.received else None
-    frame = f" at {f.user_frame.file}:{f.user_frame.line} ({f.user_frame.code})" if f.user_frame else ""
+    frame = f" Raised at {f.user_frame.file}:{f.user_frame.line} ({f.user_frame.code})." if f.user_frame else ""
     if x is not None:
         found = _known_mismatch(f, kind, x, config)
         if found is not None:
@@ -206,7 +220,7 @@ def explain(f: ShapeFailure, config: dict) -> tuple[str | None, str]:
     shapes = ", ".join(f"{t.shape} {t.dtype}" for t in f.received[:4]) or "no tensors"
     named = f.module_repr if f.module_repr and not f.module_repr.endswith("()") else _module_label(f.module, kind)
     return None, (f"{named} raised {f.exception_type}: {f.message.strip()[:300]}"
-                  f" with input {shapes}{_before(f)}{frame}.")
+                  f" with input {shapes}{_before(f)}.{frame}")
 
 
 def _known_mismatch(f: ShapeFailure, kind: str, x: TensorSpec, config: dict) -> tuple[str, str] | None:

@@ -518,6 +518,8 @@ def _summary(result: SmokeTestResult) -> str:
     verb = "Replaced" if result.overwritten else "Wrote"
     text = (f"{verb} {result.path} ({result.bytes_written} bytes, template {result.template}) {subject}: it checks "
             f"that {result.checks}.")
+    if result.ran and result.outcome == "passed" and not result.entrypoint:
+        return f"{text} It passes on the stand-in, which proves the file runs, not that your fix holds."
     if result.ran:
         return f"{text} {_VERDICTS[result.outcome]}"
     return f"{text} Run it with {result.command}."

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ml_debug_mcp.core.catalogue import THRESHOLDS
+
 # Builds the model under test and runs training steps on it. Reads INPUT_SHAPE and SEED from the
 # header and calls the `load_factory()` defined before it.
 HARNESS = '''
@@ -275,9 +277,9 @@ def test_training_at_a_high_learning_rate_keeps_loss_and_gradients_finite():
 
 CLIPPED_GRADIENTS = '''
 
-def test_gradient_norm_stays_bounded_and_clipping_holds_it_to_max_norm():
-    """STEPS steps with clip_grad_norm_ at MAX_NORM: the raw global norm stays finite and below
-    RAW_NORM_LIMIT at every step, and after clipping it is at most MAX_NORM."""
+def test_raw_gradient_norm_stays_under_the_exploding_threshold():
+    """STEPS steps trained as the fixed run trains (clip_grad_norm_ at MAX_NORM): the global norm
+    measured before clipping stays finite and at most RAW_NORM_LIMIT at every step."""
     case = build_case()
 
     def clip_and_check(step: int, loss: float, model: torch.nn.Module) -> None:
@@ -285,8 +287,6 @@ def test_gradient_norm_stays_bounded_and_clipping_holds_it_to_max_norm():
         assert math.isfinite(raw), f"the gradient norm is {raw} at step {step}: it overflowed before clipping"
         assert raw <= RAW_NORM_LIMIT, (f"the raw gradient norm reached {raw:.4g} at step {step} (limit "
                                        f"{RAW_NORM_LIMIT:g}): gradients explode, and clipping only hides it")
-        clipped = grad_norm(model)
-        assert clipped <= MAX_NORM * (1 + 1e-3), f"after clipping the norm is {clipped:.4g} > {MAX_NORM}"
         assert math.isfinite(loss), f"loss is {loss} at step {step}"
 
     train_steps(case, STEPS, LEARNING_RATE, after_backward=clip_and_check)
@@ -348,8 +348,10 @@ BATCH_DIMENSION = '''
 
 def test_forward_keeps_the_batch_dimension():
     """The output's first dimension is the input's batch size, for the full batch and for a batch
-    of one (a hard-coded batch size in view/reshape breaks the second)."""
+    of one (a hard-coded batch size in view/reshape breaks the second). In eval mode: BatchNorm
+    cannot normalise one sample in training mode, and shapes do not depend on the mode."""
     case = build_case()
+    case.model.eval()
     full = batch_size(case.batch)
     for size in dict.fromkeys((full, 1)):
         with torch.no_grad():
@@ -706,6 +708,7 @@ class Template:
     main: str = ""  # a __main__ block, last in the file, for checks that run the file as a child process
 
 
+_EXPLODING = float(THRESHOLDS["grad_norm_exploding"].value)
 _LR = ("LEARNING_RATE", 1e-3, "Adam learning rate of the check's own training steps; use your run's")
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in (
@@ -717,11 +720,12 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
               ("EPSILON", 1e-8, "the epsilon of the fix: log(p + EPSILON)")),
              (FINITE_TRAINING,), tiny_model=TINY_ENTROPY_CLASSIFIER),
     Template("clipped_gradients",
-             "the raw gradient norm stays finite and bounded at every step, and clip_grad_norm_ holds it to "
-             "max_norm",
+             "the raw gradient norm (before clipping) stays finite and under the exploding threshold at every "
+             "step",
              (("MAX_NORM", 1.0, "the max_norm of clip_grad_norm_ in your training loop"),
               _LR, ("STEPS", 20, "training steps on the fixed batch"),
-              ("RAW_NORM_LIMIT", 1000.0, "100x the exploding threshold (10): no healthy step's raw norm gets here")),
+              ("RAW_NORM_LIMIT", _EXPLODING, "the exploding threshold (global norm > 10); raise it only if your "
+               "healthy run's raw norm is known to sit higher")),
              (CLIPPED_GRADIENTS,)),
     Template("gradient_flow",
              "every parameter that requires grad gets a non-None, non-zero gradient after one backward, and none "

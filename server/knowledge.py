@@ -16,6 +16,7 @@ from mcp.server.mcpserver.resources import ResourceSecurity
 from ml_debug_mcp.core.paths import PathOutsideRoots
 from ml_debug_mcp.tools._base import ToolEnv
 
+JOURNAL_RESOURCE_MAX_BYTES = 512 << 10
 FILE_RESOURCE_MAX_LINES = 200
 
 
@@ -59,7 +60,11 @@ def register_knowledge(mcp: MCPServer, env: ToolEnv) -> None:
         target = _inside_roots(env, path)
         if not target.is_file():
             return f"No journal at {target} yet. write_journal creates it with the first entry."
-        return _tail_text(target)
+        size = target.stat().st_size
+        if size <= JOURNAL_RESOURCE_MAX_BYTES:  # journals are small: the whole record, header and all
+            return target.read_text(encoding="utf-8", errors="replace")
+        return (f"[{target} is {size:,} bytes: showing its last {FILE_RESOURCE_MAX_LINES} lines; older entries "
+                "are in the file itself]\n" + _tail_text(target))
 
     @mcp.resource("file:///{+path}", name="file", title="A local file's tail",
                   description=(f"The last {FILE_RESOURCE_MAX_LINES} lines of a text file inside the roots, "

@@ -19,14 +19,15 @@ from torch import nn
 
 from ml_debug_mcp.core import catalogue, worker_main
 from ml_debug_mcp.core.checkpoints import compare_checkpoints, report_from_checkpoints
-from ml_debug_mcp.core.gradients import GradientReport, band_for, report_from_worker, summarize_probe_stats
+from ml_debug_mcp.core.gradients import (GradientReport, LayerGradient, band_for, build_hypotheses, report_from_worker,
+                                         summarize_probe_stats)
 from ml_debug_mcp.core.worker import WorkerError
 
 MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
 
 
-def analyze(attr: str, top: int = 20, **settings) -> GradientReport:
-    task = {"op": "gradients", "entry": {"file": str(MODELS / "pathologies.py"), "attr": attr}, **settings}
+def analyze(attr: str, top: int = 20, file: Path = MODELS / "pathologies.py", **settings) -> GradientReport:
+    task = {"op": "gradients", "entry": {"file": str(file), "attr": attr}, **settings}
     raw = worker_main.run(task, worker_main.Channel(io.StringIO(), "marker"))
     wire = json.loads(json.dumps(worker_main.strict_json(raw), allow_nan=False))  # exactly what the pipe carries
     return report_from_worker(wire, task, target=attr, top=top)
@@ -70,6 +71,81 @@ def test_a_detached_encoder_is_a_broken_graph_at_the_encoder() -> None:
     assert {layer.band for layer in report.layers if layer.module == "head"} == {"healthy"}
 
 
+TINY_MODELS = """
+import torch
+from torch import nn
+
+
+class AuxHeadAndUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.main, self.aux = nn.Linear(16, 8), nn.Linear(8, 4), nn.Linear(8, 2)
+        self.unused = nn.Parameter(torch.ones(3, 3))
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.main(h), self.aux(h)
+
+
+class Whisper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.last = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.last(self.first(x) * 1e-9)
+
+
+def aux_head_and_unused():
+    torch.manual_seed(0)
+    return AuxHeadAndUnused(), torch.randn(8, 16)
+
+
+def whisper():
+    torch.manual_seed(0)
+    return Whisper(), torch.randn(8, 16)
+"""
+
+
+def _tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny_models.py"
+    path.write_text(TINY_MODELS)
+    return path
+
+
+def test_a_missing_gradient_names_unused_parameters_and_ignored_outputs_not_only_detach(tmp_path: Path) -> None:
+    report = analyze("aux_head_and_unused", file=_tiny(tmp_path), steps=1)
+    missing = {layer.name: layer for layer in report.layers if layer.grad_missing}
+    assert set(missing) == {"unused", "aux.weight", "aux.bias"}
+    for layer in missing.values():
+        assert "forward never uses it" in layer.reason and "output the loss ignores" in layer.reason
+        assert "first tensor" in layer.reason and "detach()" in layer.reason
+    actions = [fix.action for fix in report.hypotheses[0].fixes]
+    assert "detach" in actions[0] and any("Use every parameter" in a for a in actions)
+    assert any("aux" in a for a in actions)
+
+
+def test_a_tiny_gradient_vanishes_even_when_adam_makes_the_update_look_normal(tmp_path: Path) -> None:
+    report = analyze("whisper", file=_tiny(tmp_path), steps=2, lr=1e-3, optimizer="adam")
+    by_name = {layer.name: layer for layer in report.layers}
+    weight, bias = by_name["first.weight"], by_name["first.bias"]
+    assert weight.grad_norm < 1e-7 and weight.update_ratio > 1e-5  # Adam: the step is normal-sized
+    assert weight.band == "vanishing" and "Adam rescales the step" in weight.reason
+    assert bias.band == "vanishing"  # 1-D tensors are judged on their gradient too
+    assert report.verdict == "vanishing_gradients" and report.first_bad_layer == "first"
+    assert band_for(grad_norm=9.9e-10, ratio=1e-3)[0] == "vanishing"
+
+
+def test_early_starving_compares_weights_with_weights() -> None:
+    def layer(name: str, order: int, shape: list[int], band: str) -> LayerGradient:
+        return LayerGradient(name=name, module=name[0], order=order, shape=shape, band=band, reason="", grad_norm=1.0)
+
+    layers = [layer("0.weight", 1, [4, 4], "frozen"), layer("0.bias", 1, [4], "healthy"),
+              layer("1.weight", 2, [4, 4], "healthy")]
+    vanish = build_hypotheses(layers, steps=[], extra={}, onsets={})[0]
+    assert vanish.failure == "vanishing_gradients" and vanish.confidence == 0.8
+
+
 def test_a_bias_cancelled_by_batchnorm_is_not_a_broken_graph() -> None:
     report = analyze("conv_bn", steps=3)
     assert report.verdict == "healthy", report.summary
@@ -82,7 +158,7 @@ def test_a_deep_sigmoid_stack_vanishes_from_the_first_layer() -> None:
     report = analyze("deep_sigmoid", steps=3, lr=0.05, optimizer="sgd")
     assert report.verdict == "vanishing_gradients" and report.first_bad_layer == "0"
     by_name = {layer.name: layer for layer in report.layers}
-    assert by_name["0.weight"].band == "frozen"
+    assert by_name["0.weight"].band == "vanishing" and by_name["0.weight"].grad_norm < 1e-7  # sigmoid^25 starves it
     profile = next(e for e in report.hypotheses[0].evidence if e.rule == "first vs last weight in forward order")
     assert "0.weight" in profile.text and "24.weight" in profile.text
     assert report.hypotheses[0].fixes[0].action.startswith("Use ReLU")
@@ -114,8 +190,8 @@ def test_a_nan_is_traced_to_the_code_before_the_module_that_receives_it() -> Non
 def test_output_is_bounded_worst_first() -> None:
     report = analyze("deep_sigmoid", top=3, steps=1, lr=0.05, optimizer="sgd")
     assert len(report.layers) == 3 and report.layers_total == 26 and report.layers_omitted == 23
-    assert [layer.name for layer in report.layers] == ["0.weight", "2.weight", "4.weight"]
-    assert report.band_counts["frozen"] + report.band_counts["healthy"] == 26
+    assert [layer.name for layer in report.layers] == ["0.bias", "0.weight", "2.bias"]  # biases vanish too
+    assert report.band_counts["vanishing"] + report.band_counts["frozen"] + report.band_counts["healthy"] == 26
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,6 +257,31 @@ def test_a_checkpoint_pair_finds_the_frozen_tensor(tmp_path: Path) -> None:
         assert by_name["0.bias"].band == "healthy" and "BatchNorm" in by_name["0.bias"].reason  # cancelled, not starved
         assert any("integer" in w for w in report.warnings)  # num_batches_tracked is skipped, and said so
     assert any("'model' entry" in w for w in report.warnings)
+
+
+def test_an_unchanged_tensor_is_first_suspected_frozen_or_outside_the_optimizer(tmp_path: Path) -> None:
+    paths = _train_and_save(tmp_path, lr=0.05, freeze_first=True)
+    report = _compare_in_process(paths["pt0"], paths["pt1"], steps_between=10)
+    frozen = next(layer for layer in report.layers if layer.name == "0.weight")
+    assert "requires_grad=False" in frozen.reason and "param groups" in frozen.reason
+    assert "requires_grad" in report.hypotheses[0].fixes[0].action
+    assert sum("'model' entry" in w for w in report.warnings) == 1
+
+
+def test_optimizer_state_in_a_checkpoint_is_not_analysed_as_parameters(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    paths = []
+    for step in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+        paths.append(tmp_path / f"ckpt{step}.pt")
+        torch.save({"weights": model.state_dict(), "opt": opt.state_dict()}, paths[-1])
+    report = _compare_in_process(*paths, steps_between=1)
+    assert {layer.name.partition(".")[0] for layer in report.layers} == {"weights"}
+    assert any("optimizer-state tensors" in w for w in report.warnings)
 
 
 def test_a_checkpoint_pair_flags_exploding_updates_and_stays_quiet_when_healthy(tmp_path: Path) -> None:

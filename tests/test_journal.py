@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml_debug_mcp.core.journal import MAX_FIELD_CHARS, MAX_TITLE_CHARS, NEW_JOURNAL_HEADER, JournalEntry, \
-    append_entry, count_entries, render_entry
+    append_entry, count_entries, render_entry, validate_entry
 
 SEED_ENTRY = dict(title="NaN Loss at Step 500", symptom="Loss became NaN during entropy calculation",
                   root_cause="Missing epsilon in log operation", fix="Added `1e-8` epsilon to prevent `log(0)`",
@@ -189,3 +189,19 @@ def test_a_held_lock_becomes_a_clear_error_not_a_lost_entry(tmp_path: Path):
         append_entry(path, _entry(), lock_timeout=0.2)
     assert not path.exists()
     assert append_entry(path, _entry()).entries == 1
+
+
+@pytest.mark.parametrize("opener", ["<![CDATA[", "<?php", "<!DOCTYPE html", "  <script>", "<pre>"])
+def test_raw_html_blocks_that_run_to_a_terminator_are_escaped(opener: str):
+    """CommonMark lets these run until ]]>, ?>, > or a closing tag: unescaped, they swallow later entries."""
+    _, text = render_entry(validate_entry(_entry(symptom=f"x\n{opener}\nhidden")))
+    line = next(ln for ln in text.splitlines() if opener.strip()[1:] in ln)
+    assert line.lstrip().startswith("\\<"), line
+
+
+def test_fenced_evidence_does_not_hide_the_entries_after_it(tmp_path: Path):
+    path = tmp_path / "journal.md"
+    append_entry(path, _entry(evidence=["```\nTraceback (most recent call last):\nRuntimeError: boom\n```"]))
+    append_entry(path, _entry(title="second"))
+    result = append_entry(path, _entry(title="third"))
+    assert count_entries(path.read_text().splitlines()) == 3 and result.entries == 3

@@ -14,9 +14,10 @@ from ml_debug_mcp.core.shapes import MAX_INPUT_ELEMENTS, ShapeReport, check_inpu
 MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
 
 
-def trace(attr: str, shapes: list[list[int]] | None = None, dtype=None) -> ShapeReport:
+def trace(attr: str, shapes: list[list[int]] | None = None, dtype=None,
+          file: Path = MODELS / "pathologies.py") -> ShapeReport:
     shapes, dtypes = check_inputs(shapes, dtype)
-    task = {"op": "shapes", "entry": {"file": str(MODELS / "pathologies.py"), "attr": attr},
+    task = {"op": "shapes", "entry": {"file": str(file), "attr": attr},
             "input_shapes": shapes, "dtypes": dtypes}
     raw = worker_main.run(task, worker_main.Channel(io.StringIO(), "marker"))
     return report_from_trace(json.loads(json.dumps(worker_main.strict_json(raw), allow_nan=False)), attr)
@@ -99,3 +100,48 @@ def test_input_validation_accepts_aliases_and_sizes_up_to_the_cap() -> None:
     assert check_inputs([[2, 3]], "torch.long") == ([[2, 3]], ["int64"])
     assert check_inputs([[MAX_INPUT_ELEMENTS]], None) == ([[MAX_INPUT_ELEMENTS]], [None])
     assert check_inputs(None, None) == (None, None)
+
+
+TINY_MODELS = """
+import torch
+from torch import nn
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(input_size=4, hidden_size=3, batch_first=True)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return out
+
+
+def recurrent():
+    return Recurrent()
+
+
+def with_batch_norm():
+    return nn.Sequential(nn.Linear(8, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+"""
+
+
+def _tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny_models.py"
+    path.write_text(TINY_MODELS)
+    return path
+
+
+def test_batch_norm_with_a_batch_of_one_warns_that_training_needs_more(tmp_path: Path) -> None:
+    report = trace("with_batch_norm", [[1, 8]], file=_tiny(tmp_path))
+    assert report.status == "ok" and len(report.notes) == 1
+    assert "BatchNorm layers (1)" in report.notes[0] and "batch > 1" in report.notes[0]
+    assert "Expected more than 1 value per channel when training" in report.notes[0]
+    assert trace("with_batch_norm", [[2, 8]], file=_tiny(tmp_path)).notes == []
+
+
+def test_the_user_frame_follows_the_fix_as_its_own_sentence(tmp_path: Path) -> None:
+    f = trace("recurrent", [[2, 5, 8]], file=_tiny(tmp_path)).failure
+    assert f is not None and f.module_type == "LSTM"
+    assert "Set input_size=8. Raised at " in f.explanation and ". at " not in f.explanation
+    assert f.explanation.endswith(").")

@@ -102,6 +102,10 @@ async def test_check_shapes_explains_the_mismatch_and_traces_package_entrypoints
         wrong = await client.call_tool("check_shapes", {"entrypoint": "pathologies.py:wrong_in_features",
                                                         "input_shapes": [[8, 3, 16, 16]]})
         package = await client.call_tool("check_shapes", {"entrypoint": "zoo.nets:build"})
+        single = await client.call_tool("check_shapes", {"entrypoint": "pathologies.py:conv_bn",
+                                                         "input_shapes": [[1, 3, 8, 8]]})
+    assert single.structured_content["status"] == "ok" and len(single.structured_content["notes"]) == 1
+    assert "NOTE: Batch size 1 reaches BatchNorm layers (1)" in _text(single)
     assert not wrong.is_error  # a failing forward is the finding, not a tool error
     failure = wrong.structured_content["failure"]
     assert failure["module_repr"] == "Linear(in_features=256, out_features=10, bias=True)"

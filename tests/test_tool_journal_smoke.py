@@ -202,3 +202,14 @@ async def test_write_journal_over_stdio(project: Path):
                                                           "fix": "f", "resolution": "o"})
     assert not result.is_error and result.structured_content["created"]
     assert (project / "journal.md").read_text().count("### [") == 1
+
+
+async def test_the_journal_resource_returns_every_entry_of_a_long_journal(project: Path):
+    async with Client(_server(project)) as client:
+        for i in range(30):
+            result = await client.call_tool("write_journal", {
+                "path": "journal.md", "title": f"entry {i}", "symptom": "loss NaN\n" * 5, "root_cause": "no eps",
+                "fix": "eps", "resolution": "verified with compare_runs"})
+            assert not result.is_error, _text(result)
+        text = (await client.read_resource("journal://journal.md")).contents[0].text
+    assert text.startswith("# Debugging journal") and "] - entry 0\n" in text and "] - entry 29\n" in text

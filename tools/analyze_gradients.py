@@ -60,8 +60,9 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         annotations=RUNS_USER_CODE,
         description=(
             "Per-layer gradient health: gradient norm, weight norm, update ratio ||dW||/||W|| (target ~1e-3, "
-            "<1e-5 frozen, >1e-1 unstable), zero/NaN gradients, missing gradients (a detached branch), each layer "
-            "put in a band (overflow, broken, exploding, large, frozen, healthy), a verdict (nan_loss, "
+            "<1e-5 frozen, >1e-1 unstable; gradient norm <1e-7 vanishing), zero/NaN gradients, missing gradients "
+            "(unused parameter, output the loss ignores, or a detached branch), each layer put in a band (overflow, "
+            "broken, exploding, large, vanishing, frozen, healthy), a verdict (nan_loss, "
             "exploding_gradients, vanishing_gradients or healthy) with evidence and the first layer in forward "
             "order where it goes wrong. Sources (give at least one): `entrypoint` 'path/to/file.py:factory' "
             "(factory() returns model, (model, batch) or (model, batch, loss_fn); pass input_shapes when it gives "

@@ -29,6 +29,7 @@ def summarize(report: ShapeReport) -> str:
     lines.append(render_table(report))
     if report.calls_omitted:
         lines.append(f"({report.calls_omitted} of {report.calls_total} module calls omitted from the middle)")
+    lines += [f"NOTE: {note}" for note in report.notes]
     return "\n".join(lines)
 
 

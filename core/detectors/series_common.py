@@ -73,7 +73,7 @@ class Limits:
     overfit_eval_rise: float = 0.1  # eval loss above its minimum by this share
     # --- gradients
     layer_ratio_vanishing: float = 1e-3  # weakest / strongest per-layer gradient norm
-    grad_norm_tiny: float = 1e-7  # a global gradient norm this small is as good as none
+    grad_norm_tiny: float = float(THRESHOLDS["grad_norm_vanishing"].value)  # as good as no gradient
     grad_spike_share: float = 0.05  # share of steps above the exploding threshold for "repeated"
     # --- RL / generation
     entropy_collapse_fraction: float = 0.25  # entropy tail under this share of its start
