@@ -11,63 +11,18 @@ from mcp import Client
 
 import training_runs
 from mcp_harness import stdio_client
+from smoke_models import MODELS as SMOKE_MODELS
 from ml_debug_mcp.core.paths import Roots
 from ml_debug_mcp.server.app import create_server
 from ml_debug_mcp.server.config import Config
 
 pytestmark = pytest.mark.anyio
 
-# A small network with the bug and with the fix (a log of ReLU features, which are exactly zero half
-# the time, without and with an epsilon), and the CVFP context carried to the next call without
-# detach(). tests/test_smoke.py runs every check against fixed and buggy pairs.
-MODELS = '''
-import time
-
-import torch
-from torch import nn
-
-
-def _batch():
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(8, 16, generator=g), torch.arange(8) % 4
-
-
-class LogFeatures(nn.Module):
-    def __init__(self, eps):
-        super().__init__()
-        self.eps, self.inner, self.head = eps, nn.Linear(16, 32), nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.head(torch.log(torch.relu(self.inner(x)) + self.eps))
-
-
-class CarriedContext(nn.Module):
-    def __init__(self, detach):
-        super().__init__()
-        self.detach, self.update, self.head, self.context = detach, nn.Linear(32, 16), nn.Linear(16, 4), None
-
-    def forward(self, x):
-        previous = self.context if self.context is not None else torch.zeros(x.shape[0], 16)
-        context = torch.tanh(self.update(torch.cat([x, previous], dim=-1)))
-        self.context = context.detach() if self.detach else context
-        return self.head(context)
-
-
-def fixed():
-    return LogFeatures(1e-6), _batch()
-
-
-def buggy():
-    return LogFeatures(0.0), _batch()
-
-
-def carried_buggy():
-    return CarriedContext(False), _batch()
-
-
-def hangs():
-    time.sleep(600)
-'''
+# The shared fixed/buggy factories (a log of ReLU features without and with an epsilon, the CVFP context
+# carried to the next call without detach()), under the names these tests call.
+MODELS = SMOKE_MODELS + """
+fixed, buggy, carried_buggy = nan_fixed, nan_buggy, graph_buggy
+"""
 
 
 @pytest.fixture
