@@ -32,7 +32,7 @@ from bench_tail import MiB, dense_chunk, realistic_chunk, write_log  # noqa: E40
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from ml_debug_mcp.core.metrics import parse_metrics
+from ml_debug_mcp.core.logs.metrics import parse_metrics
 path = Path(sys.argv[1])
 started = time.perf_counter()
 parsed = parse_metrics(path)

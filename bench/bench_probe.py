@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ml_debug_mcp.core.probe import TrainingProbe
+from ml_debug_mcp.core.model.probe import TrainingProbe
 
 
 def make_model(width: int, depth: int) -> nn.Module:

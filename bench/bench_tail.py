@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ml_debug_mcp.core.tail import tail_file
+from ml_debug_mcp.core.logs.tail import tail_file
 
 MiB = 1 << 20
 

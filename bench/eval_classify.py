@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from ml_debug_mcp.core.classify import classify_path
-from ml_debug_mcp.core.evaluate import evaluate, format_report, load_cases
-from ml_debug_mcp.core.metrics import parse_metrics
+from ml_debug_mcp.core.diagnosis.classify import classify_path
+from ml_debug_mcp.core.diagnosis.evaluate import evaluate, format_report, load_cases
+from ml_debug_mcp.core.logs.metrics import parse_metrics
 
 ROOT = Path(__file__).resolve().parent.parent / "tests" / "eval"
 

@@ -13,7 +13,7 @@ import io
 import math
 from collections.abc import Sequence
 
-from ml_debug_mcp.core.series import MetricSeries, ParsedLog
+from ml_debug_mcp.core.logs.series import MetricSeries, ParsedLog
 
 WIDTH_IN, HEIGHT_IN, DPI = 8.0, 5.0, 100
 MAX_PANELS = 4

@@ -30,14 +30,14 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
 
 def run(command: str, args: argparse.Namespace) -> tuple[BaseModel, str]:
     if command == "tail":
-        from ml_debug_mcp.core.tail import tail_file
+        from ml_debug_mcp.core.logs.tail import tail_file
         from ml_debug_mcp.tools.tail_log import summarize
 
         result = tail_file(_existing(args.path), lines=args.lines, grep=args.grep, around=args.around,
                            fmt=args.format)
         return result, summarize(result)
     if command == "metrics":
-        from ml_debug_mcp.core.metrics import parse_metrics
+        from ml_debug_mcp.core.logs.metrics import parse_metrics
         from ml_debug_mcp.tools.read_metrics import read_metrics_model, summarize
 
         model = read_metrics_model(parse_metrics(_existing(args.path), args.format), args.names, None)
@@ -49,13 +49,13 @@ def run(command: str, args: argparse.Namespace) -> tuple[BaseModel, str]:
                              code_path=_existing(args.code) if args.code else None)
         return diagnosis, summarize(diagnosis)
     if command == "gpu":
-        from ml_debug_mcp.core.host import host_status
+        from ml_debug_mcp.core.host.host import host_status
         from ml_debug_mcp.tools.gpu_status import summarize
 
         status = host_status(samples=args.samples, interval=args.interval, pid=args.pid)
         return status, summarize(status)
     if command == "eval":
-        from ml_debug_mcp.core.evaluate import evaluate, format_report
+        from ml_debug_mcp.core.diagnosis.evaluate import evaluate, format_report
 
         report = evaluate(Path(args.cases) if args.cases else Path.cwd() / "tests" / "eval")
         return report, format_report(report)

@@ -35,7 +35,7 @@ def register_knowledge(mcp: MCPServer, env: ToolEnv) -> None:
                   description="Update-ratio bands, gradient-norm topology, early-warning and verification thresholds.",
                   mime_type="text/markdown")
     def thresholds() -> str:
-        from ml_debug_mcp.core.catalogue import render_thresholds_markdown
+        from ml_debug_mcp.core.diagnosis.catalogue import render_thresholds_markdown
 
         return render_thresholds_markdown()
 
@@ -43,7 +43,7 @@ def register_knowledge(mcp: MCPServer, env: ToolEnv) -> None:
                   description="Every failure classify_failure knows: symptoms, root causes, fixes and expected effect.",
                   mime_type="text/markdown")
     def failure_catalogue() -> str:
-        from ml_debug_mcp.core.catalogue import render_catalogue_markdown
+        from ml_debug_mcp.core.diagnosis.catalogue import render_catalogue_markdown
 
         return render_catalogue_markdown()
 
@@ -142,7 +142,7 @@ def _inside_roots(env: ToolEnv, raw: str):
 
 
 def _tail_text(path) -> str:
-    from ml_debug_mcp.core.tail import tail_file
+    from ml_debug_mcp.core.logs.tail import tail_file
 
     result = tail_file(path, lines=FILE_RESOURCE_MAX_LINES, analyze=False)
     if result.status == "binary":

@@ -12,8 +12,8 @@ import pytest
 import training_runs as tr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ml_debug_mcp.core.classify import CONFIRMED, classify, classify_path, classify_text, merge_hypotheses
-from ml_debug_mcp.core.diagnosis import Diagnosis, Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis.classify import CONFIRMED, classify, classify_path, classify_text, merge_hypotheses
+from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis, Evidence, Hypothesis
 
 # The MCP tools and the arguments they accept: every suggested call must fit these.
 def _tool_arguments() -> dict[str, set[str]]:
@@ -78,7 +78,7 @@ def check_next_steps(d: Diagnosis) -> None:
 
 
 def test_the_required_arguments_table_is_the_tools_schemas() -> None:
-    from ml_debug_mcp.core.diagnosis import ONE_OF_ARGUMENTS, REQUIRED_ARGUMENTS
+    from ml_debug_mcp.core.diagnosis.diagnosis import ONE_OF_ARGUMENTS, REQUIRED_ARGUMENTS
 
     assert {tool: set(args) for tool, args in REQUIRED_ARGUMENTS.items()} == {
         tool: required for tool, required in TOOL_REQUIRED.items() if required}
@@ -269,7 +269,7 @@ def test_pasted_log_text_matches_the_file(logs: Path) -> None:
 
 
 def test_importing_classify_stays_light() -> None:
-    code = ("import sys, ml_debug_mcp.core.classify, ml_debug_mcp.core.compare, ml_debug_mcp.core.evaluate;"
+    code = ("import sys, ml_debug_mcp.core.diagnosis.classify, ml_debug_mcp.core.diagnosis.compare, ml_debug_mcp.core.diagnosis.evaluate;"
             "print(sorted(m for m in ('numpy', 'torch', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

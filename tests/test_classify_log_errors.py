@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from ml_debug_mcp.core.classify import classify_path
+from ml_debug_mcp.core.diagnosis.classify import classify_path
 
 CASES = json.loads((Path(__file__).parent / "eval" / "errors" / "cases.json").read_text())
 HEALTHY_PREFIX = "".join(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import training_runs as tr
-from ml_debug_mcp.core.classify import parsed_from_series
-from ml_debug_mcp.core.compare import Comparison, compare_paths, compare_runs
-from ml_debug_mcp.core.series import ParsedLog
+from ml_debug_mcp.core.diagnosis.classify import parsed_from_series
+from ml_debug_mcp.core.diagnosis.compare import Comparison, compare_paths, compare_runs
+from ml_debug_mcp.core.logs.series import ParsedLog
 
 
 def compare(before: str, after: str, metric: str = "loss") -> Comparison:

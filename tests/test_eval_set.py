@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ml_debug_mcp.core.catalogue import FAILURE_IDS
-from ml_debug_mcp.core.evaluate import CRASHED, EvalReport, evaluate, format_report, load_cases
+from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS
+from ml_debug_mcp.core.diagnosis.evaluate import CRASHED, EvalReport, evaluate, format_report, load_cases
 
 EVAL_ROOT = Path(__file__).resolve().parent / "eval"
 

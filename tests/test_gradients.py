@@ -17,11 +17,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ml_debug_mcp.core import catalogue, worker_main
-from ml_debug_mcp.core.checkpoints import compare_checkpoints, report_from_checkpoints
-from ml_debug_mcp.core.gradients import (GradientReport, LayerGradient, band_for, build_hypotheses, report_from_worker,
+from ml_debug_mcp.core.diagnosis import catalogue
+from ml_debug_mcp.core.model import worker_main
+from ml_debug_mcp.core.model.checkpoints import compare_checkpoints, report_from_checkpoints
+from ml_debug_mcp.core.model.gradients import (GradientReport, LayerGradient, band_for, build_hypotheses, report_from_worker,
                                          summarize_probe_stats)
-from ml_debug_mcp.core.worker import WorkerError
+from ml_debug_mcp.core.model.worker import WorkerError
 
 MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
 

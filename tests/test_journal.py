@@ -17,7 +17,7 @@ from filelock import FileLock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ml_debug_mcp.core.journal import MAX_FIELD_CHARS, MAX_TITLE_CHARS, NEW_JOURNAL_HEADER, JournalEntry, \
+from ml_debug_mcp.core.record.journal import MAX_FIELD_CHARS, MAX_TITLE_CHARS, NEW_JOURNAL_HEADER, JournalEntry, \
     append_entry, count_entries, render_entry, validate_entry
 
 SEED_ENTRY = dict(title="NaN Loss at Step 500", symptom="Loss became NaN during entropy calculation",
@@ -28,7 +28,7 @@ SEED_ENTRY = dict(title="NaN Loss at Step 500", symptom="Loss became NaN during 
 WRITER = """
 import json, sys, time
 from pathlib import Path
-from ml_debug_mcp.core.journal import JournalEntry, append_entry
+from ml_debug_mcp.core.record.journal import JournalEntry, append_entry
 path, writer, count, signals = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 (signals / f"ready-{writer}").touch()
 while not (signals / "go").exists():

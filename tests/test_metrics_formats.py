@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_debug_mcp.core.metrics import FORMATS, detect_format, parse_metrics, parse_metrics_text
+from ml_debug_mcp.core.logs.metrics import FORMATS, detect_format, parse_metrics, parse_metrics_text
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 
@@ -354,8 +354,8 @@ def test_bulk_path_matches_line_by_line(tmp_path):
     path = tmp_path / "big.log"
     path.write_text(text)
     bulk = parse_metrics(path)
-    from ml_debug_mcp.core.logfmt_common import Collector
-    from ml_debug_mcp.core.logfmt_fast import parse_text_blocks
+    from ml_debug_mcp.core.logs.logfmt_common import Collector
+    from ml_debug_mcp.core.logs.logfmt_fast import parse_text_blocks
 
     collector = Collector()
     parse_text_blocks([(0, text.encode())], bulk.format, collector, bulk=False)
@@ -429,7 +429,7 @@ def test_plain_directory_reads_newest_log(tmp_path):
 
 
 def test_huge_single_line_is_skipped_not_held(tmp_path):
-    from ml_debug_mcp.core import logfmt_common
+    from ml_debug_mcp.core.logs import logfmt_common
 
     path = tmp_path / "blob.log"
     with open(path, "wb") as fh:
@@ -448,7 +448,7 @@ def test_directory_copy_of_fixture_is_still_recognised(tmp_path):
 
 def test_nan_between_key_value_pairs_is_kept():
     """`loss=nan lr=0.1`: a NaN followed by another pair is a NaN, not a dropped value."""
-    from ml_debug_mcp.core.metrics import parse_metrics_text
+    from ml_debug_mcp.core.logs.metrics import parse_metrics_text
 
     parsed = parse_metrics_text("step=1 loss=2.0 lr=0.1\nstep=2 loss=nan lr=0.1\nstep=3 loss=inf lr=0.1\n")
     loss = parsed.get("loss")

@@ -14,10 +14,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ml_debug_mcp.core.errors import MAX_BLOCKS, extract_errors_text
-from ml_debug_mcp.core.metrics import FORMATS, INTERNAL_ERROR, parse_metrics, parse_metrics_text
-from ml_debug_mcp.core.series import SeriesBuilder
-from ml_debug_mcp.core.tail import MAX_LINE_CHARS, MAX_OUTPUT_CHARS, tail_file
+from ml_debug_mcp.core.logs.errors import MAX_BLOCKS, extract_errors_text
+from ml_debug_mcp.core.logs.metrics import FORMATS, INTERNAL_ERROR, parse_metrics, parse_metrics_text
+from ml_debug_mcp.core.logs.series import SeriesBuilder
+from ml_debug_mcp.core.logs.tail import MAX_LINE_CHARS, MAX_OUTPUT_CHARS, tail_file
 
 FRAGMENTS = [
     "step 12 | loss 2.31 | lr 1e-4 | grad_norm nan", "iter 7: loss inf, time 45.20ms, mfu 12.34%",
@@ -96,7 +96,7 @@ def test_tail_never_raises_and_stays_bounded(data, more, lines, grep, around):
 @given(data=blobs, more=blobs, page=st.integers(1, 50))
 def test_cursor_yields_exactly_the_appended_lines(data, more, page):
     """Whatever the bytes, following the cursor returns each appended complete line once."""
-    from ml_debug_mcp.core.tail import _display
+    from ml_debug_mcp.core.logs.tail import _display
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.log"

@@ -9,9 +9,9 @@ import struct
 import numpy as np
 import pytest
 
-from ml_debug_mcp.core.metrics import parse_metrics_text
+from ml_debug_mcp.core.logs.metrics import parse_metrics_text
 from ml_debug_mcp.core.plot import _panels, _use_log, plot_metrics
-from ml_debug_mcp.core.series import ParsedLog
+from ml_debug_mcp.core.logs.series import ParsedLog
 
 PURPLE = np.array([148, 103, 189]) / 255  # tab:purple, the mark colour
 RED = np.array([1.0, 0.0, 0.0])

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mcp_harness import free_port
-from ml_debug_mcp.core.gradients import summarize_probe_stats
-from ml_debug_mcp.core.probe import TrainingProbe
+from ml_debug_mcp.core.model.gradients import summarize_probe_stats
+from ml_debug_mcp.core.model.probe import TrainingProbe
 
 
 class RecordOps(TorchDispatchMode):
@@ -174,7 +174,7 @@ RANK_SCRIPT = textwrap.dedent("""
     import json, sys, torch, torch.distributed as dist
     from torch import nn
     from torch.distributed.fsdp import fully_shard
-    from ml_debug_mcp.core.probe import TrainingProbe
+    from ml_debug_mcp.core.model.probe import TrainingProbe
 
     rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ml_debug_mcp.core.processes import (
+from ml_debug_mcp.core.host.processes import (
     CpuSampler,
     bound_command,
     discover_training_processes,

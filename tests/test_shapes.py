@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_debug_mcp.core import worker_main
-from ml_debug_mcp.core.shapes import MAX_INPUT_ELEMENTS, ShapeReport, check_inputs, render_table, report_from_trace
+from ml_debug_mcp.core.model import worker_main
+from ml_debug_mcp.core.model.shapes import MAX_INPUT_ELEMENTS, ShapeReport, check_inputs, render_table, report_from_trace
 
 MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_debug_mcp.core import tail as tail_mod
-from ml_debug_mcp.core.tail import MAX_LINE_CHARS, MAX_LINES, list_logs, tail_file
+from ml_debug_mcp.core.logs import tail as tail_mod
+from ml_debug_mcp.core.logs.tail import MAX_LINE_CHARS, MAX_LINES, list_logs, tail_file
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 
@@ -251,7 +251,7 @@ def test_when_a_traceback_fills_the_shown_lines_the_last_metrics_come_from_above
 
 
 def test_a_fifo_named_like_a_log_is_not_listed_nor_read_as_the_newest_log(tmp_path):
-    from ml_debug_mcp.core.metrics import parse_metrics
+    from ml_debug_mcp.core.logs.metrics import parse_metrics
 
     (tmp_path / "a.log").write_text("step 1 | loss 2.0\nstep 2 | loss 1.5\n")
     os.utime(tmp_path / "a.log", (1_600_000_000, 1_600_000_000))
@@ -397,7 +397,7 @@ def test_errors_are_searched_well_before_the_shown_lines(tmp_path):
 
 
 def test_fifo_is_not_opened(tmp_path):
-    from ml_debug_mcp.core.metrics import detect_format, parse_metrics
+    from ml_debug_mcp.core.logs.metrics import detect_format, parse_metrics
 
     fifo = tmp_path / "pipe.log"
     os.mkfifo(fifo)

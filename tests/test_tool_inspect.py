@@ -13,7 +13,7 @@ from torch import nn
 
 from mcp_harness import stdio_client
 from ml_debug_mcp.core.paths import Roots
-from ml_debug_mcp.core.probe import TrainingProbe
+from ml_debug_mcp.core.model.probe import TrainingProbe
 from ml_debug_mcp.server.app import create_server
 from ml_debug_mcp.server.config import Config
 

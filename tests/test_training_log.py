@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_debug_mcp.core.metrics import parse_metrics
-from ml_debug_mcp.core.tail import tail_file
+from ml_debug_mcp.core.logs.metrics import parse_metrics
+from ml_debug_mcp.core.logs.tail import tail_file
 
 # Importing torch and training takes a few seconds, more on a loaded machine.
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ml_debug_mcp.core import worker_main
+from ml_debug_mcp.core.model import worker_main
 from ml_debug_mcp.core.paths import Roots
-from ml_debug_mcp.core.worker import WorkerError, parse_entrypoint, resolve_entrypoint, run_worker
+from ml_debug_mcp.core.model.worker import WorkerError, parse_entrypoint, resolve_entrypoint, run_worker
 
 MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
 

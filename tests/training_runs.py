@@ -30,7 +30,7 @@ class TrainingRun:
     """A finished run: what it reproduces and the metric records it logged."""
 
     name: str
-    failure: str  # expected failure id (core/catalogue.py)
+    failure: str  # expected failure id (core/diagnosis/catalogue.py)
     description: str
     records: list[dict[str, float]] = field(default_factory=list)
 
@@ -430,7 +430,7 @@ def run(name: str) -> TrainingRun:
 
 def to_parsed(training_run: TrainingRun | list[dict], max_points: int = 2000, rank: int | None = None):
     """The run's records as a ParsedLog built straight from SeriesBuilder (no log parser involved)."""
-    from ml_debug_mcp.core.series import ParsedLog, SeriesBuilder, canonical_metric_name
+    from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name
 
     records = training_run.records if isinstance(training_run, TrainingRun) else training_run
     builders: dict[str, SeriesBuilder] = {}

@@ -9,8 +9,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.diagnosis import confidence_text
-from ml_debug_mcp.core.gradients import DEFAULT_TOP, MAX_TOP, GradientAnalysis, GradientReport, LayerGradient, fmt
+from ml_debug_mcp.core.diagnosis.diagnosis import confidence_text
+from ml_debug_mcp.core.model.gradients import DEFAULT_TOP, MAX_TOP, GradientAnalysis, GradientReport, LayerGradient, fmt
 from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, resolve_path, run_blocking, \
     tool_result, translate_errors
 
@@ -84,15 +84,15 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         checkpoint: Annotated[str | None, Field(description="earlier checkpoint (safetensors, or torch file loaded weights_only)")] = None,
         checkpoint_after: Annotated[str | None, Field(description="later checkpoint of the same model")] = None,
         steps_between: Annotated[int | None, Field(ge=1, le=10**9, description="optimizer steps between the two checkpoints (turns the change into a per-step ratio)")] = None,
-        stats_path: Annotated[str | None, Field(description="grad_stats.jsonl written by TrainingProbe (ml_debug_mcp.core.probe)")] = None,
+        stats_path: Annotated[str | None, Field(description="grad_stats.jsonl written by TrainingProbe (ml_debug_mcp.core.model.probe)")] = None,
         top: Annotated[int, Field(ge=1, le=MAX_TOP, description="how many layers to list, worst first")] = DEFAULT_TOP,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, GradientAnalysis]:
-        from ml_debug_mcp.core.checkpoints import compare_checkpoints
-        from ml_debug_mcp.core.gradients import (analyze_model, gradient_task, overall_verdict,
+        from ml_debug_mcp.core.model.checkpoints import compare_checkpoints
+        from ml_debug_mcp.core.model.gradients import (analyze_model, gradient_task, overall_verdict,
                                                  summarize_probe_stats)
-        from ml_debug_mcp.core.shapes import check_inputs
-        from ml_debug_mcp.core.worker import resolve_entrypoint
+        from ml_debug_mcp.core.model.shapes import check_inputs
+        from ml_debug_mcp.core.model.worker import resolve_entrypoint
 
         if (input_shapes or dtype) and not entrypoint:
             raise ToolError("input_shapes/dtype describe the inputs of the model built from `entrypoint`; pass the "

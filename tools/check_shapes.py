@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.shapes import ShapeReport, render_table
+from ml_debug_mcp.core.model.shapes import ShapeReport, render_table
 from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, run_blocking, tool_result, \
     translate_errors
 
@@ -54,8 +54,8 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         dtype: Annotated[str | list[str] | None, Field(description="input dtype (default: the model's), or one per input, e.g. ['int64', 'bool']")] = None,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ShapeReport]:
-        from ml_debug_mcp.core.shapes import check_inputs, check_model_shapes, shape_task
-        from ml_debug_mcp.core.worker import resolve_entrypoint
+        from ml_debug_mcp.core.model.shapes import check_inputs, check_model_shapes, shape_task
+        from ml_debug_mcp.core.model.worker import resolve_entrypoint
 
         entry = await run_blocking(None, resolve_entrypoint, await effective_roots(env, ctx), entrypoint)
         shapes, dtypes = check_inputs(input_shapes, dtype)

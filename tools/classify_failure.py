@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.diagnosis import Diagnosis, Hypothesis, confidence_text
+from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis, Hypothesis, confidence_text
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors
 
@@ -22,7 +22,7 @@ def diagnose(log_path: Path | None = None, log_text: str | None = None, error_te
              code_path: Path | None = None, series: SeriesArg | None = None, fmt: str | None = None,
              log_label: str | None = None, progress=None) -> Diagnosis:
     """Route the evidence given to the matching core entry point (shared by the tool and the CLI)."""
-    from ml_debug_mcp.core.classify import classify, classify_path, classify_text
+    from ml_debug_mcp.core.diagnosis.classify import classify, classify_path, classify_text
 
     if log_path is not None:
         return classify_path(log_path, fmt, log_path=log_label or str(log_path), code_path=code_path,
@@ -75,7 +75,7 @@ def evidence_marks(diagnosis: Diagnosis, limit: int = 6) -> list[tuple[float, st
 
 def _plot(diagnosis: Diagnosis, log_path: Path | None, log_text: str | None, series: SeriesArg | None,
           fmt: str | None) -> list[bytes]:
-    from ml_debug_mcp.core.classify import parse_safely, parsed_from_series
+    from ml_debug_mcp.core.diagnosis.classify import parse_safely, parsed_from_series
     from ml_debug_mcp.core.plot import plot_metrics
 
     if log_path is not None:

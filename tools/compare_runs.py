@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.compare import Comparison
+from ml_debug_mcp.core.diagnosis.compare import Comparison
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors
 
@@ -50,8 +50,8 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         format: Annotated[str | None, Field(description="force a log format id for both logs")] = None,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, Comparison]:
-        from ml_debug_mcp.core.compare import compare_paths
-        from ml_debug_mcp.core.series import canonical_metric_name
+        from ml_debug_mcp.core.diagnosis.compare import compare_paths
+        from ml_debug_mcp.core.logs.series import canonical_metric_name
 
         roots = await effective_roots(env, ctx)
         before = await resolve_path(roots, before_path, what="before_path")

@@ -10,9 +10,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.catalogue import FailureId
+from ml_debug_mcp.core.diagnosis.catalogue import FailureId
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
-from ml_debug_mcp.core.smoke import MAX_INPUT_DIMS, SmokeTestResult
+from ml_debug_mcp.core.record.smoke import MAX_INPUT_DIMS, SmokeTestResult
 from ml_debug_mcp.tools._base import WRITES_FILES, ToolEnv, effective_roots, resolve_path_now, run_blocking, tool_result, \
     translate_errors
 
@@ -36,7 +36,7 @@ def _containing_root(roots: Roots, path: Path) -> Path:
 
 def _test_path(roots: Roots, raw: str) -> Path:
     """Resolve the test file inside the roots; a missing `tests/` folder is created, any other is an error."""
-    from ml_debug_mcp.core.smoke import make_tests_folder
+    from ml_debug_mcp.core.record.smoke import make_tests_folder
 
     make_tests_folder(_inside_roots(roots, raw))
     return resolve_path_now(roots, raw, what="test path", expect="new")
@@ -53,7 +53,7 @@ def _inside_roots(roots: Roots, raw: str) -> Path:
 def _create(env: ToolEnv, roots: Roots, path: str, failure: str, entrypoint: str | None,
             input_shape: list[int] | None, overwrite: bool, run: bool) -> SmokeTestResult:
     """Validate everything first, so a refused call leaves no folder behind; then write (and run)."""
-    from ml_debug_mcp.core.smoke import check_entrypoint, check_input_shape, check_test_name, create_smoke_test, \
+    from ml_debug_mcp.core.record.smoke import check_entrypoint, check_input_shape, check_test_name, create_smoke_test, \
         template_for
 
     template_for(failure)

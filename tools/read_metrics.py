@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult
 from pydantic import BaseModel, Field
 
-from ml_debug_mcp.core.series import MetricSeries, ParsedLog
+from ml_debug_mcp.core.logs.series import MetricSeries, ParsedLog
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, human_size, resolve_path, run_blocking, \
     tool_result, translate_errors
 
@@ -31,7 +31,7 @@ class ReadMetricsResult(BaseModel):
 
 def select_series(parsed: ParsedLog, names: list[str] | None, rank: int | None) -> tuple[list[MetricSeries], list[str]]:
     """The series asked for (all when `names` is None), within MAX_SERIES; returns (kept, omitted keys)."""
-    from ml_debug_mcp.core.series import canonical_metric_name
+    from ml_debug_mcp.core.logs.series import canonical_metric_name
 
     wanted = {canonical_metric_name(n) for n in names} if names else None
     chosen = [s for s in parsed.series
@@ -70,7 +70,7 @@ def read_metrics_model(parsed: ParsedLog, names: list[str] | None, rank: int | N
     warnings = list(parsed.warnings)
     if names:
         missing = sorted({n for n in names} - {s.name for s in kept} - {s.name for s in parsed.series})
-        from ml_debug_mcp.core.series import canonical_metric_name
+        from ml_debug_mcp.core.logs.series import canonical_metric_name
 
         missing = [n for n in missing if canonical_metric_name(n) not in parsed.names]
         if missing:
@@ -124,7 +124,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         plot: Annotated[bool, Field(description="attach a PNG plot of the main curves")] = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ReadMetricsResult]:
-        from ml_debug_mcp.core.metrics import parse_metrics
+        from ml_debug_mcp.core.logs.metrics import parse_metrics
 
         target = await resolve_path(await effective_roots(env, ctx), path, what="path")
         parsed = await run_blocking(ctx, parse_metrics, target, format, max_points=max_points)

@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.tail import DEFAULT_LINES, MAX_AROUND, MAX_LINES, TailResult
+from ml_debug_mcp.core.logs.tail import DEFAULT_LINES, MAX_AROUND, MAX_LINES, TailResult
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, human_size, resolve_path, run_blocking, \
     tool_result, translate_errors
 
@@ -98,7 +98,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         plot: Annotated[bool, Field(description="attach a PNG of loss/eval loss/lr/grad norm over the whole file")] = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, TailResult]:
-        from ml_debug_mcp.core.tail import tail_file
+        from ml_debug_mcp.core.logs.tail import tail_file
 
         target = await resolve_path(await effective_roots(env, ctx), path, what="log path")
         result = await run_blocking(ctx, tail_file, target, lines=lines, since=since, grep=grep, around=around,
@@ -112,7 +112,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
 
 
 def _plot_file(path, fmt: str | None) -> list[bytes]:
-    from ml_debug_mcp.core.metrics import parse_metrics
+    from ml_debug_mcp.core.logs.metrics import parse_metrics
     from ml_debug_mcp.core.plot import plot_metrics
 
     parsed = parse_metrics(path, fmt, max_points=1000)

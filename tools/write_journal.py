@@ -9,8 +9,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.catalogue import FailureId
-from ml_debug_mcp.core.journal import MAX_EVIDENCE_CHARS, MAX_EVIDENCE_ITEMS, MAX_FIELD_CHARS, MAX_TAG_CHARS, \
+from ml_debug_mcp.core.diagnosis.catalogue import FailureId
+from ml_debug_mcp.core.record.journal import MAX_EVIDENCE_CHARS, MAX_EVIDENCE_ITEMS, MAX_FIELD_CHARS, MAX_TAG_CHARS, \
     MAX_TAGS, MAX_TITLE_CHARS, JournalEntry, JournalWriteResult, append_entry
 from ml_debug_mcp.tools._base import WRITES_FILES, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors

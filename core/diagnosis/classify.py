@@ -1,0 +1,474 @@
+"""classify: every detector's hypotheses merged into one ranked, explained `Diagnosis`.
+
+Inputs are whatever the caller has: a log file, log text, raw metric series, an error message,
+the training script. Each goes to its detector (series, error text, code), duplicates of one
+failure are merged (independent signals raise confidence, noisy-OR), a mechanism outranks the
+curve symptom it explains, and every hypothesis gets the catalogue's causes and fixes plus the
+concrete tool calls that would confirm it. Detector modules are imported on first use, so
+importing this module stays cheap for the server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ml_debug_mcp.core.diagnosis.catalogue import failure_info
+from ml_debug_mcp.core.diagnosis.compare import target_metric
+from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis, Evidence, Hypothesis, NextStep, confidence_text
+from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name
+
+CONFIRMED = 0.8  # at or above: the diagnosis stands; below: say what evidence is missing
+HEALTHY_VETO = 0.5  # a failure this confident rules out calling the run healthy
+MAX_EVIDENCE = 10
+SECONDARY_WEIGHT = 0.5  # how much an agreeing independent signal counts in the noisy-OR
+MAX_INPUT_NOTES = 5  # parser and code-scan notes passed on with a diagnosis
+
+# A mechanism and the curve symptom it produces: when both fire, the mechanism ranks first.
+EXPLAINS: dict[str, tuple[str, ...]] = {
+    "vanishing_gradients": ("plateau", "slow_convergence", "hockey_stick"),
+    "exploding_gradients": ("loss_spike", "divergence"),
+    "nan_loss": ("divergence", "exploding_gradients", "loss_spike"),
+    "divergence": ("loss_spike", "hockey_stick"),
+    "oom": ("distributed_hang",),
+    "mode_collapse": ("plateau",),
+    "rank_collapse": ("hockey_stick",),
+}
+
+# Metrics that would settle each failure, for read_metrics calls and "log this" advice.
+CONFIRMING_METRICS: dict[str, tuple[str, ...]] = {
+    "nan_loss": ("loss", "grad_norm", "lr", "loss_scale"),
+    "divergence": ("loss", "lr", "grad_norm"),
+    "loss_spike": ("loss", "grad_norm", "lr"),
+    "exploding_gradients": ("grad_norm", "loss", "update_ratio"),
+    "vanishing_gradients": ("grad_norm", "update_ratio", "loss"),
+    "plateau": ("loss", "lr", "grad_norm", "accuracy"),
+    "slow_convergence": ("loss", "lr", "update_ratio"),
+    "hockey_stick": ("loss", "lr", "eval_loss"),
+    "overfitting": ("loss", "eval_loss", "accuracy", "eval_accuracy"),
+    "slow_throughput": ("throughput", "step_time"),
+    "mode_collapse": ("entropy", "reward", "kl", "advantage_std"),
+    "rank_collapse": ("effective_rank", "loss"),
+    "distributed_hang": ("loss", "step_time"),
+}
+
+# tail_log greps for failures whose log lines are worth reading around the onset.
+LOG_GREPS: dict[str, str] = {
+    "nan_loss": r"(?i)\b(nan|inf)\b|overflow",
+    "loss_spike": r"(?i)loss",
+    "distributed_hang": r"NCCL|Timeout|Watchdog|Error",
+    "oom": r"(?i)out of memory|OOM|Killed",
+    "cuda_assert": r"Assertion|device-side assert",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parsed_from_series(series: Mapping[str, Sequence[Sequence[float | None]]], max_points: int = 2000) -> ParsedLog:
+    """Raw `{name: [[step, value], ...]}` as a ParsedLog (names canonicalised, None read as NaN).
+
+    Raises ValueError naming the series when a point is not a [step, value] pair of numbers.
+    """
+    builders: dict[str, SeriesBuilder] = {}
+    records = 0
+    for raw_name, points in series.items():
+        name = canonical_metric_name(str(raw_name))
+        builder = builders.setdefault(name, SeriesBuilder(name, max_points=max_points))
+        for i, point in enumerate(points):
+            if not isinstance(point, (list, tuple)) or len(point) != 2:
+                raise ValueError(f"series '{raw_name}' point {i} is {point!r}; each point must be [step, value].")
+            step, value = point
+            try:
+                step_f = float(step)
+                value_f = math.nan if value is None else float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"series '{raw_name}' point {i} is {point!r}; step and value must be numbers "
+                                 "(value may be null for NaN).") from None
+            builder.add(step_f, value_f)
+            records += 1
+    return ParsedLog(format="series", series=[b.build() for b in builders.values()], records=records)
+
+
+def _merge_parsed(a: ParsedLog | None, b: ParsedLog | None) -> ParsedLog | None:
+    if a is None or b is None:
+        return a or b
+    names = {(s.name, s.rank) for s in b.series}
+    kept = [s for s in a.series if (s.name, s.rank) not in names]
+    return a.model_copy(update={"series": kept + b.series, "records": a.records + b.records,
+                                "warnings": a.warnings + b.warnings})
+
+
+def _error_hypotheses(blocks: Iterable[Any], log_path: str | None, code_path: str | None) -> list[Hypothesis]:
+    """detect_errors on each extracted error block, evidence line numbers shifted to the file's."""
+    from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+
+    found: list[Hypothesis] = []
+    for block in blocks:
+        for h in detect_errors(block.text, log_path=log_path, code_path=code_path):
+            for e in h.evidence:
+                if e.line_no is not None:
+                    e.line_no = e.line_no + block.first_line - 1
+                if block.rank is not None and "rank" not in e.text:
+                    e.text = f"[rank {block.rank}] {e.text}"
+            found.append(h)
+    return found
+
+
+def _bare_error_hypotheses(text: str, first_line: int, known: set[str], log_path: str | None,
+                           code_path: str | None) -> list[Hypothesis]:
+    """Error lines outside any extracted block: only failures the blocks did not already explain."""
+    from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+
+    found = [h for h in detect_errors(text, log_path=log_path, code_path=code_path) if h.failure not in known]
+    for h in found:
+        for e in h.evidence:
+            if e.line_no is not None:
+                e.line_no = e.line_no + first_line - 1
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# Merging and ranking
+
+
+def _sources(h: Hypothesis) -> set[tuple[str, str | None]]:
+    return {(e.kind, e.metric) for e in h.evidence}
+
+
+def _noisy_or(base: float, extra: float) -> float:
+    return 1.0 - (1.0 - base) * (1.0 - SECONDARY_WEIGHT * extra)
+
+
+def _union(target: list, items: Iterable, key=lambda x: x) -> None:
+    keys = {key(x) for x in target}
+    for item in items:
+        if key(item) not in keys:
+            target.append(item)
+            keys.add(key(item))
+
+
+def merge_hypotheses(hypotheses: Iterable[Hypothesis]) -> list[Hypothesis]:
+    """One hypothesis per failure: evidence combined; independent agreeing signals raise confidence."""
+    groups: dict[str, list[Hypothesis]] = {}
+    for h in hypotheses:
+        groups.setdefault(h.failure, []).append(h)
+    merged = []
+    for group in groups.values():
+        group.sort(key=lambda h: -h.confidence)
+        top = group[0].model_copy(deep=True)
+        confidence = top.confidence
+        seen_sources = _sources(top)
+        for other in group[1:]:
+            if not (_sources(other) & seen_sources):
+                confidence = _noisy_or(confidence, other.confidence)
+            seen_sources |= _sources(other)
+            _union(top.evidence, other.evidence, key=lambda e: e.text)
+            _union(top.root_causes, other.root_causes)
+            _union(top.fixes, other.fixes, key=lambda f: f.action)
+            _union(top.next_steps, other.next_steps, key=lambda s: (s.tool, repr(sorted(s.arguments.items()))))
+            onsets = [x for x in (top.onset_step, other.onset_step) if x is not None]
+            top.onset_step = min(onsets) if onsets else None
+        top.confidence = round(min(0.99, confidence), 3)
+        top.evidence = top.evidence[:MAX_EVIDENCE]
+        merged.append(top)
+    return merged
+
+
+def apply_explanations(hypotheses: list[Hypothesis]) -> None:
+    """A mechanism that explains a co-occurring symptom ranks above it and cites it as support."""
+    by_failure = {h.failure: h for h in hypotheses}
+    for cause, symptoms in EXPLAINS.items():
+        mechanism = by_failure.get(cause)
+        if mechanism is None or mechanism.confidence < HEALTHY_VETO:
+            continue
+        for symptom in symptoms:
+            effect = by_failure.get(symptom)
+            if effect is None or mechanism.confidence < effect.confidence - 0.2:
+                continue  # a weak mechanism signal does not overrule a strong symptom
+            raised = max(mechanism.confidence, min(0.99, effect.confidence + 0.05))
+            mechanism.confidence = round(min(0.99, max(raised, _noisy_or(mechanism.confidence, effect.confidence * 0.5))), 3)
+            note = Evidence(kind="summary", text=f"explains the {symptom.replace('_', ' ')} seen in the same run "
+                                                 f"({confidence_text(effect.confidence)})", rule=f"classify.explains:{cause}->{symptom}")
+            _union(mechanism.evidence, [note], key=lambda e: e.text)
+
+
+def _rank(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
+    failures = [h for h in hypotheses if h.failure != "healthy"]
+    healthy = [h for h in hypotheses if h.failure == "healthy"]
+    if healthy and any(h.confidence >= HEALTHY_VETO for h in failures):
+        healthy = []
+    ranked = sorted(failures, key=lambda h: -h.confidence)
+    if healthy:
+        strong = [h for h in ranked if h.confidence >= healthy[0].confidence]
+        weak = [h for h in ranked if h.confidence < healthy[0].confidence]
+        ranked = strong + healthy + weak
+    return ranked
+
+
+# ------------------------------------------------------------------------------------------------
+# Causes, fixes and next steps
+
+
+def _attach_catalogue(h: Hypothesis) -> None:
+    info = failure_info(h.failure)
+    _union(h.root_causes, info.root_causes)
+    _union(h.fixes, info.fixes, key=lambda f: f.action)
+
+
+def _step(tool: str, why: str, **arguments: Any) -> NextStep:
+    return NextStep(tool=tool, arguments={k: v for k, v in arguments.items() if v is not None}, why=why)
+
+
+def _confirming_steps(h: Hypothesis, log_path: str | None, code_path: str | None,
+                      available: set[str]) -> list[NextStep]:
+    """The catalogue's confirm_with calls, with the arguments this run makes concrete."""
+    steps: list[NextStep] = []
+    for template in failure_info(h.failure).confirm_with:
+        tool, why = template.tool, template.why
+        if tool in ("read_metrics", "tail_log") and not log_path:
+            continue
+        if tool == "read_metrics":
+            wanted = [m for m in CONFIRMING_METRICS.get(h.failure, ("loss",)) if not available or m in available]
+            steps.append(_step(tool, why, path=log_path, names=wanted or None, plot=True))
+        elif tool == "tail_log":
+            grep = LOG_GREPS.get(h.failure)
+            steps.append(_step(tool, why, path=log_path, grep=grep, around=3 if grep else None, lines=50))
+        elif tool == "classify_failure":
+            if code_path:
+                continue  # the code was already scanned in this call
+            steps.append(_step(tool, why + ". Pass code_path=<the training script>.", log_path=log_path))
+        elif tool == "compare_runs":
+            steps.append(_step(tool, why + ". Pass the fixed run's log as after_path.", before_path=log_path,
+                               metric=target_metric(h.failure, available or None)))
+        elif tool == "gpu_status":
+            steps.append(_step(tool, why, samples=5, interval=1.0))
+        elif tool in ("analyze_gradients", "check_shapes"):
+            steps.append(_step(tool, why + (". Pass entrypoint='train.py:build' (a factory returning the model, or "
+                                            "(model, batch); add input_shapes when it returns no batch) and your lr, "
+                                            "checkpoint + checkpoint_after, or the stats_path TrainingProbe writes."
+                                            if tool == "analyze_gradients" else
+                                            ". Pass entrypoint='train.py:build' and input_shapes of one batch.")))
+        else:
+            steps.append(_step(tool, why))
+    return steps
+
+
+def _closing_steps(h: Hypothesis, log_path: str | None, available: set[str]) -> list[NextStep]:
+    """For a confirmed failure: verify the fix, journal it, lock it in with a regression test."""
+    info = failure_info(h.failure)
+    symptom = h.evidence[0].text if h.evidence else info.description
+    cause = h.root_causes[0] if h.root_causes else info.description
+    fix = h.fixes[0].action if h.fixes else "(the fix you applied)"
+    onset = f" at step {h.onset_step:g}" if h.onset_step is not None else ""
+    steps = []
+    if log_path:
+        steps.append(_step("compare_runs", "After applying the fix and re-running, check the pathology is gone, the "
+                                           "metric improved >= 10% and the run stayed stable; pass the new log as "
+                                           "after_path.", before_path=log_path,
+                           metric=target_metric(h.failure, available or None)))
+    steps.append(_step("write_journal", "Record the symptom, root cause and fix once the fix is verified (edit the "
+                                        "resolution to say how it was verified).",
+                       path="journal.md", title=f"{info.title}{onset}", symptom=symptom, root_cause=cause, fix=fix,
+                       resolution="Fix applied; verified with compare_runs on the re-run.", failure=h.failure,
+                       evidence=[e.text for e in h.evidence[:5]]))
+    steps.append(_step("create_smoke_test", "Lock the fix in with a regression test that fails if this failure "
+                                            "comes back.", path=f"tests/test_{h.failure}_regression.py",
+                       failure=h.failure))
+    return steps
+
+
+def _missing_evidence(top: Hypothesis | None, parsed: ParsedLog | None, log_path: str | None,
+                      had_errors: bool, had_code: bool) -> list[str]:
+    available = set(parsed.names) if parsed is not None else set()
+    notes: list[str] = []
+    if top is None:
+        if not available:
+            notes.append("No metric series were found" + (f" ({'; '.join(parsed.warnings)})" if parsed and parsed.warnings
+                                                          else "") + ": pass a training log with loss values (any "
+                         "common format), or series={'loss': [[step, value], ...]}.")
+        elif "loss" not in available:
+            notes.append(f"The log has {', '.join(sorted(available))} but no loss series: a loss curve is what most "
+                         "detectors read. Log the training loss (and eval loss) per step.")
+        else:
+            notes.append("The loss series is too short to judge its shape: let the run log at least a few dozen steps, "
+                         "then call classify_failure again.")
+        if not had_errors:
+            notes.append("If the run crashed, pass the traceback as error_text (or the log that contains it).")
+        return notes
+    if top.confidence >= CONFIRMED:
+        return []
+    missing = [m for m in CONFIRMING_METRICS.get(top.failure, ()) if m not in available]
+    notes.append(f"{top.failure} is at {confidence_text(top.confidence)} (< {CONFIRMED}): the evidence is one weak or ambiguous "
+                 "signal.")
+    if missing:
+        notes.append(f"Log {', '.join(missing)} per step: these series would confirm or rule out {top.failure}.")
+    for step in top.next_steps[:2]:
+        notes.append(f"Call {step.tool}({', '.join(f'{k}={v!r}' for k, v in step.arguments.items())}): {step.why}")
+    if not had_code:
+        notes.append("Pass code_path=<the training script> so the code scan can point at the line behind it.")
+    return notes
+
+
+def _summary(ranked: list[Hypothesis], notes: list[str]) -> str:
+    if not ranked:
+        return "Not enough evidence to classify this run. " + (notes[0] if notes else "")
+    top = ranked[0]
+    info = failure_info(top.failure)
+    lead = top.evidence[0].text if top.evidence else info.description
+    if top.failure == "healthy":
+        weak = [h for h in ranked[1:] if h.failure != "healthy"]
+        text = f"The run looks healthy (confidence {confidence_text(top.confidence)}): {lead}."
+        if weak:
+            text += " Weak signals below the alarm level: " + ", ".join(f"{h.failure} ({confidence_text(h.confidence)})" for h in weak) + "."
+        return text
+    onset = f" from step {top.onset_step:g}" if top.onset_step is not None else ""
+    text = f"Most likely {info.title} ({top.failure}, confidence {confidence_text(top.confidence)}){onset}: {lead}."
+    others = [h for h in ranked[1:] if h.failure != "healthy"][:3]
+    if others:
+        text += " Also considered: " + ", ".join(f"{h.failure} ({confidence_text(h.confidence)})" for h in others) + "."
+        if others[0].confidence >= HEALTHY_VETO and top.confidence - others[0].confidence < 0.1:
+            text += " The top two are close: the next steps below tell them apart."
+    if top.fixes:
+        text += f" First fix to try: {top.fixes[0].action}."
+    if top.confidence < CONFIRMED:
+        text += " Confidence is below 0.8; see needs_more_evidence."
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_safely(*, path: Path | None = None, text: str | None = None, fmt: str | None = None,
+                 progress: Callable[[float, float | None, str | None], None] | None = None) -> ParsedLog:
+    """parse_metrics / parse_metrics_text, degrading an unexpected parser failure to a warning.
+
+    Raises ValueError for an unknown `fmt` (a caller error).
+    """
+    from ml_debug_mcp.core.logs.metrics import FORMATS, parse_metrics, parse_metrics_text
+
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"Unknown format '{fmt}'. Use one of: {', '.join(sorted(FORMATS))}, or omit it to auto-detect.")
+    try:
+        if path is not None:
+            return parse_metrics(path, fmt=fmt, progress=progress)
+        return parse_metrics_text(text or "", fmt=fmt)
+    except Exception as exc:  # a parser bug must not hide the errors in the log
+        return ParsedLog(path=str(path) if path is not None else None, format=fmt or "unknown",
+                         warnings=[f"metric parsing failed ({type(exc).__name__}: {exc}); no metric series read"])
+
+
+def classify(parsed: ParsedLog | None = None, error_text: str | None = None, code_path: Path | None = None,
+             log_path: str | None = None, *, series: Mapping[str, Sequence[Sequence[float | None]]] | None = None,
+             error_blocks: Iterable[Any] = (), tail_text: str | None = None, tail_first_line: int = 1) -> Diagnosis:
+    """Ranked hypotheses from whatever evidence is given; never raises on bad data.
+
+    `log_path` is the path as the caller knows it, used in suggested tool calls. `error_blocks`
+    are `core.errors.ErrorBlock`s already cut out of a log (see `classify_path`); `tail_text` is the
+    end of the log, scanned too for error lines that stand alone (no traceback around them, such as
+    DeepSpeed's "OVERFLOW!" or Keras' "Invalid loss"), numbered from `tail_first_line`. Raises
+    ValueError only for malformed `series` (a caller error).
+    """
+    from ml_debug_mcp.core.diagnosis.detectors.series import detect_series
+
+    parsed = _merge_parsed(parsed, parsed_from_series(series) if series else None)
+    code_arg = str(code_path) if code_path is not None else None
+    found: list[Hypothesis] = []
+    input_notes: list[str] = []
+    if parsed is not None:
+        found += detect_series(parsed)
+    blocks = list(error_blocks)
+    found += _error_hypotheses(blocks, log_path, code_arg)
+    if tail_text:
+        found += _bare_error_hypotheses(tail_text, tail_first_line, {h.failure for h in found}, log_path, code_arg)
+    if error_text and error_text.strip():
+        from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+
+        found += detect_errors(error_text, log_path=log_path, code_path=code_arg)
+    if code_path is not None:
+        from ml_debug_mcp.core.diagnosis.detectors.code import code_hypotheses, scan_code
+
+        signals = {h.failure for h in found if h.confidence >= HEALTHY_VETO and h.failure != "healthy"}
+        findings = scan_code(Path(code_path))
+        found += code_hypotheses(findings, signals)
+        input_notes += [f"code_path: {f.message}" for f in findings if f.line == 0 or f.rule == "syntax_error"]
+    merged = merge_hypotheses(found)
+    apply_explanations(merged)
+    ranked = _rank(merged)
+    available = set(parsed.names) if parsed is not None else set()
+    for h in ranked:
+        _attach_catalogue(h)
+        _union(h.next_steps, _confirming_steps(h, log_path, code_arg, available),
+               key=lambda s: (s.tool, repr(sorted(s.arguments.items()))))
+    top = ranked[0] if ranked else None
+    if top is not None and top.failure != "healthy" and top.confidence >= CONFIRMED:
+        top.next_steps += _closing_steps(top, log_path, available)
+    had_errors = bool(blocks) or bool(error_text and error_text.strip())
+    notes = _missing_evidence(top, parsed, log_path, had_errors, code_path is not None)
+    input_notes += parsed.warnings[:MAX_INPUT_NOTES] if parsed is not None else []
+    return Diagnosis(hypotheses=ranked, summary=_summary(ranked, notes), needs_more_evidence=notes,
+                     input_notes=input_notes)
+
+
+def classify_text(text: str, fmt: str | None = None, *, code_path: Path | None = None, error_text: str | None = None,
+                  series: Mapping[str, Sequence[Sequence[float | None]]] | None = None) -> Diagnosis:
+    """Classify pasted log text: its metrics and the errors in it (plus any extra evidence given)."""
+    from ml_debug_mcp.core.logs.errors import extract_errors_text
+
+    parsed = parse_safely(text=text, fmt=fmt)
+    return classify(parsed, error_text=error_text, code_path=code_path, series=series,
+                    error_blocks=extract_errors_text(text), tail_text=text)
+
+
+TAIL_LINES_SCANNED = 200  # the last lines also searched for stand-alone error lines
+
+
+def classify_path(path: Path, fmt: str | None = None, *, log_path: str | None = None, code_path: Path | None = None,
+                  error_text: str | None = None,
+                  series: Mapping[str, Sequence[Sequence[float | None]]] | None = None,
+                  progress: Callable[[float, float | None, str | None], None] | None = None) -> Diagnosis:
+    """Classify a log file (or run directory): its metric series plus the errors in its last 256 KB.
+
+    `path` is already resolved inside the roots; `log_path` is how the caller named it (defaults
+    to `path`), used in suggested tool calls. Raises ValueError only for an unknown `fmt`.
+    """
+    evidence = read_log_evidence(Path(path), fmt, progress)
+    return classify(evidence.parsed, error_text=error_text, code_path=code_path, log_path=log_path or str(path),
+                    series=series, error_blocks=evidence.blocks, tail_text=evidence.tail_text,
+                    tail_first_line=evidence.tail_first_line)
+
+
+@dataclass
+class LogEvidence:
+    """What a log file offers classify: its metric series, the error blocks and the text of its end."""
+
+    parsed: ParsedLog
+    blocks: list[Any]
+    tail_text: str | None
+    tail_first_line: int
+
+
+def read_log_evidence(path: Path, fmt: str | None = None,
+                      progress: Callable[[float, float | None, str | None], None] | None = None) -> LogEvidence:
+    """Parse a log (or run directory) and cut the errors out of its last 256 KB; never raises but for `fmt`."""
+    from ml_debug_mcp.core.logs.tail import tail_file
+
+    parsed = parse_safely(path=path, fmt=fmt, progress=progress)
+    evidence = LogEvidence(parsed, [], None, 1)
+    if path.is_file():
+        try:
+            tail = tail_file(path, lines=TAIL_LINES_SCANNED)
+        except Exception as exc:
+            parsed.warnings.append(f"error scan of the log tail failed ({type(exc).__name__}: {exc})")
+        else:
+            evidence.blocks = list(tail.errors)
+            parsed.warnings += [w for w in tail.warnings if w not in parsed.warnings]
+            if tail.lines:
+                evidence.tail_text = "\n".join(line.text for line in tail.lines)
+                evidence.tail_first_line = tail.lines[0].line_no or 1
+    return evidence

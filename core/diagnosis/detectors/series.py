@@ -1,0 +1,142 @@
+"""Metric-series detectors: every pathology a training log's curves can show, as hypotheses.
+
+`detect_series(parsed)` runs the loss-curve detectors (`series_curves`) and the signal detectors
+(`series_signals`) on each rank's series, checks ranks against each other, and adds a `healthy`
+hypothesis only when a real loss curve shows progress. Thresholds: `series_common.LIMITS`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ml_debug_mcp.core.diagnosis.detectors.series_common import (
+    LIMITS,
+    Limits,
+    SeriesSet,
+    evidence,
+    fmt,
+    hypothesis,
+    median,
+    window_size,
+)
+from ml_debug_mcp.core.diagnosis.detectors.series_curves import CURVE_DETECTORS
+from ml_debug_mcp.core.diagnosis.detectors.series_signals import SIGNAL_DETECTORS
+from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Hypothesis
+from ml_debug_mcp.core.logs.series import ParsedLog
+
+DETECTORS = CURVE_DETECTORS + SIGNAL_DETECTORS
+
+
+def series_sets(parsed: ParsedLog) -> list[SeriesSet]:
+    """One SeriesSet per rank (un-ranked series form their own set), in rank order."""
+    groups: dict[int | None, dict] = {}
+    for s in parsed.series:
+        groups.setdefault(s.rank, {})[s.name] = s
+    order = sorted(groups, key=lambda r: -1 if r is None else r)
+    return [SeriesSet(groups[r], rank=r) for r in order]
+
+
+def detect_series(parsed: ParsedLog, limits: Limits = LIMITS) -> list[Hypothesis]:
+    """All series hypotheses (duplicates across detectors or ranks are merged by the caller)."""
+    found: list[Hypothesis] = []
+    with np.errstate(all="ignore"):  # absurd values (1e300) may overflow in means and fits; comparisons cope
+        for ss in series_sets(parsed):
+            for detector in DETECTORS:
+                found += detector(ss, limits)
+            healthy = assess_health(ss, limits)
+            if healthy is not None:
+                found.append(healthy)
+    found += detect_rank_lag(parsed, limits)
+    return found
+
+
+def detect_rank_lag(parsed: ParsedLog, limits: Limits = LIMITS) -> list[Hypothesis]:
+    """A rank whose log stops well before the others': it hung or died, and the rest will wait for it."""
+    last: dict[int, float] = {}
+    first: dict[int, float] = {}
+    for s in parsed.series:
+        if s.rank is None or s.stats.last_step is None or s.stats.first_step is None:
+            continue
+        last[s.rank] = max(last.get(s.rank, -math.inf), s.stats.last_step)
+        first[s.rank] = min(first.get(s.rank, math.inf), s.stats.first_step)
+    if len(last) < 2:
+        return []
+    leader = max(last, key=last.get)
+    span = last[leader] - min(first.values())
+    if span <= 0:
+        return []
+    lagging = {r: s for r, s in last.items() if last[leader] - s > limits.rank_lag_fraction * span}
+    if not lagging:
+        return []
+    items = [evidence(None, f"rank {r} stopped logging at step {fmt(s)} while rank {leader} reached step "
+                            f"{fmt(last[leader])}: it hung or died, and the other ranks will block in the next collective",
+                      f"last step trails the leading rank by > {limits.rank_lag_fraction:g} x the logged span",
+                      step=s) for r, s in sorted(lagging.items())]
+    return [hypothesis("distributed_hang", 0.7, items, min(lagging.values()))]
+
+
+def assess_health(ss: SeriesSet, limits: Limits = LIMITS) -> Hypothesis | None:
+    """A healthy claim, only from positive evidence: a finite loss (or reward) curve that improves."""
+    if ss.is_rl:
+        return _rl_health(ss, limits)
+    loss = ss.raw("loss")
+    c = ss.curve("loss")
+    if loss is None or c is None or len(c) < limits.healthy_min_points or loss.stats.nan_count or loss.stats.inf_count:
+        return None
+    w = window_size(len(c), limits)
+    head, tail = median(c.head(w)), median(c.tail(w))
+    gain = (head - tail) / max(abs(head), 1e-12)
+    if gain < limits.healthy_min_improvement:
+        return None
+    items: list[Evidence] = [evidence(c, f"{c.label} decreased from {fmt(head)} to {fmt(tail)} "
+                                         f"({100 * gain:.0f}%) over {len(c)} points, all finite",
+                                      f"median of first vs last {w} points improves >= "
+                                      f"{100 * limits.healthy_min_improvement:g}%", value=tail)]
+    confidence = 0.6 + (0.05 if len(c) >= 50 else 0.0)
+    ev = ss.curve("eval_loss")
+    if ev is not None and len(ev) >= 2 and float(ev.values[-1]) <= (1 + limits.overfit_eval_rise) * float(ev.values.min()):
+        items.append(evidence(ev, f"eval loss {fmt(float(ev.values[0]))} -> {fmt(float(ev.values[-1]))}, tracking the "
+                                  "train loss", "eval loss ends within the overfitting threshold of its minimum",
+                              value=float(ev.values[-1])))
+        confidence += 0.1
+    g = ss.curve("grad_norm")
+    if g is not None and len(g) >= 3:
+        gm = median(g.values)
+        if 0 < gm <= limits.grad_norm_exploding:
+            items.append(evidence(g, f"grad norm bounded and non-zero (median {fmt(gm)})",
+                                  f"0 < median grad_norm <= {limits.grad_norm_exploding:g}", value=gm))
+            confidence += 0.1
+    return hypothesis("healthy", min(confidence, 0.9), items)
+
+
+def _rl_health(ss: SeriesSet, limits: Limits) -> Hypothesis | None:
+    reward = ss.curve("reward")
+    if reward is None or len(reward) < limits.healthy_min_points:
+        return None
+    w = window_size(len(reward), limits)
+    head, tail = median(reward.head(w)), median(reward.tail(w))
+    if tail <= head:
+        return None
+    adv = ss.curve("advantage_std")
+    if adv is not None and median(adv.tail(w)) < limits.advantage_zero:
+        return None
+    entropy = ss.curve("entropy")
+    if entropy is not None and len(entropy) >= 3:
+        e_head, e_tail = median(entropy.head(w)), median(entropy.tail(w))
+        vocab = ss.last("vocab_size")
+        if e_tail < limits.entropy_collapse_fraction * e_head or (
+                vocab is not None and vocab >= 2 and e_tail > limits.entropy_gibberish_fraction * math.log(vocab)):
+            return None
+    items = [evidence(reward, f"reward {fmt(head)} -> {fmt(tail)} over {len(reward)} steps",
+                      f"median of last {w} >= median of first {w}", value=tail)]
+    confidence = 0.6
+    if entropy is not None and len(entropy) >= 3:
+        items.append(evidence(entropy, f"entropy {fmt(e_head)} -> {fmt(e_tail)}: neither collapsed nor near-uniform",
+                              "entropy between the collapse and gibberish thresholds", value=e_tail))
+        confidence += 0.1
+    if adv is not None and len(adv):
+        items.append(evidence(adv, f"advantage std {fmt(float(np.median(adv.values)))}: the reward still separates samples",
+                              "median advantage_std", value=float(np.median(adv.values))))
+        confidence += 0.05
+    return hypothesis("healthy", confidence, items)
