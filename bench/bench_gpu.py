@@ -27,8 +27,8 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from ml_debug_mcp.core.host.gpu import NVML_MODULE_ENV  # noqa: E402
-from ml_debug_mcp.core.host.host import host_status  # noqa: E402
+from ml_debug_mcp.core.host.nvml import NVML_MODULE_ENV  # noqa: E402
+from ml_debug_mcp.core.host.snapshot import host_status  # noqa: E402
 
 SLEEPING_SCRIPT = "import time\nprint('ready', flush=True)\ntime.sleep(600)\n"
 

@@ -49,7 +49,7 @@ def run(command: str, args: argparse.Namespace) -> tuple[BaseModel, str]:
                              code_path=_existing(args.code) if args.code else None)
         return diagnosis, summarize(diagnosis)
     if command == "gpu":
-        from ml_debug_mcp.core.host.host import host_status
+        from ml_debug_mcp.core.host.snapshot import host_status
         from ml_debug_mcp.tools.gpu_status import summarize
 
         status = host_status(samples=args.samples, interval=args.interval, pid=args.pid)

@@ -18,7 +18,7 @@ from ml_debug_mcp.core.diagnosis.catalogue import (
     render_catalogue_markdown,
     render_thresholds_markdown,
 )
-from ml_debug_mcp.core.diagnosis.diagnosis import Fix, NextStep
+from ml_debug_mcp.core.diagnosis.hypotheses import Fix, NextStep
 
 TOOLS = {
     "tail_log",
@@ -136,15 +136,15 @@ def test_unknown_failure_id_is_a_caller_error_naming_the_valid_ones():
     assert failure_info("oom") is CATALOGUE["oom"]
 
 
-@pytest.mark.parametrize("first", ["ml_debug_mcp.core.diagnosis.diagnosis", "ml_debug_mcp.core.diagnosis.catalogue"])
+@pytest.mark.parametrize("first", ["ml_debug_mcp.core.diagnosis.hypotheses", "ml_debug_mcp.core.diagnosis.catalogue"])
 def test_import_order_does_not_matter_and_stays_light(first):
     """diagnosis imports catalogue and catalogue's entries hold diagnosis models: either order must work,
     and none of the error/code detectors may pull torch in at import time (server start-up)."""
     code = (
         f"import sys, {first}\n"
         "from ml_debug_mcp.core.diagnosis.catalogue import CATALOGUE\n"
-        "from ml_debug_mcp.core.diagnosis.diagnosis import Hypothesis\n"
-        "import ml_debug_mcp.core.diagnosis.detectors.errors, ml_debug_mcp.core.diagnosis.detectors.code\n"
+        "from ml_debug_mcp.core.diagnosis.hypotheses import Hypothesis\n"
+        "import ml_debug_mcp.core.diagnosis.detectors.error_text, ml_debug_mcp.core.diagnosis.detectors.code_scan\n"
         "Hypothesis(failure='oom', confidence=0.5, fixes=CATALOGUE['oom'].fixes)\n"
         "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))\n"
     )

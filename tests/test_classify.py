@@ -13,7 +13,7 @@ import training_runs as tr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ml_debug_mcp.core.diagnosis.classify import CONFIRMED, classify, classify_path, classify_text, merge_hypotheses
-from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis, Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothesis
 
 # The MCP tools and the arguments they accept: every suggested call must fit these.
 def _tool_arguments() -> dict[str, set[str]]:
@@ -78,7 +78,7 @@ def check_next_steps(d: Diagnosis) -> None:
 
 
 def test_the_required_arguments_table_is_the_tools_schemas() -> None:
-    from ml_debug_mcp.core.diagnosis.diagnosis import ONE_OF_ARGUMENTS, REQUIRED_ARGUMENTS
+    from ml_debug_mcp.core.diagnosis.hypotheses import ONE_OF_ARGUMENTS, REQUIRED_ARGUMENTS
 
     assert {tool: set(args) for tool, args in REQUIRED_ARGUMENTS.items()} == {
         tool: required for tool, required in TOOL_REQUIRED.items() if required}

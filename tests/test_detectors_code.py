@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ml_debug_mcp.core.diagnosis.detectors import code as code_scan
-from ml_debug_mcp.core.diagnosis.detectors.code import CodeFinding, code_hypotheses, scan_code, scan_source
-from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+from ml_debug_mcp.core.diagnosis.detectors import code_scan
+from ml_debug_mcp.core.diagnosis.detectors.code_scan import CodeFinding, code_hypotheses, scan_code, scan_source
+from ml_debug_mcp.core.diagnosis.detectors.error_text import detect_errors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "code"
 

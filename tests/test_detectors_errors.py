@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ml_debug_mcp.core.diagnosis.detectors import errors
-from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+from ml_debug_mcp.core.diagnosis.detectors import error_text as errors
+from ml_debug_mcp.core.diagnosis.detectors.error_text import detect_errors
 
 EVAL_DIR = Path(__file__).parent / "eval" / "errors"
 FIXTURES = Path(__file__).parent / "fixtures" / "code"
@@ -405,7 +405,7 @@ def test_no_rule_backtracks_quadratically_on_long_runs_of_one_character():
     """
     import time
 
-    from ml_debug_mcp.core.diagnosis.detectors import errors as error_rules
+    from ml_debug_mcp.core.diagnosis.detectors import error_text as error_rules
 
     def cost(regex, text: str) -> float:
         best = float("inf")

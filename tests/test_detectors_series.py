@@ -10,9 +10,9 @@ import pytest
 import training_runs as tr
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from ml_debug_mcp.core.diagnosis.detectors.series import detect_series
+from ml_debug_mcp.core.diagnosis.detectors.series_checks import detect_series
 from ml_debug_mcp.core.diagnosis.detectors.series_common import LIMITS, centered_median, mad, rolling_median
-from ml_debug_mcp.core.diagnosis.diagnosis import Hypothesis
+from ml_debug_mcp.core.diagnosis.hypotheses import Hypothesis
 from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder
 
 HEALTHY_RUNS = ["healthy", "healthy_sgd", "healthy_s20", "healthy_s21", "rl_healthy", "rank_healthy"]

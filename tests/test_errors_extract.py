@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_debug_mcp.core.logs.errors import MAX_BLOCK_CHARS, MAX_BLOCKS, extract_errors, extract_errors_text
+from ml_debug_mcp.core.logs.error_blocks import MAX_BLOCK_CHARS, MAX_BLOCKS, extract_errors, extract_errors_text
 
 ERRORS = Path(__file__).parent / "fixtures" / "logs" / "errors"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ml_debug_mcp.core.host.gpu import NVML_MODULE_ENV, decode_throttle_reasons, read_gpu_report
+from ml_debug_mcp.core.host.nvml import NVML_MODULE_ENV, decode_throttle_reasons, read_gpu_report
 
 TESTS = Path(__file__).parent
 GiB = 2**30
@@ -146,7 +146,7 @@ def test_gpu_processes_are_named_through_psutil(fake_nvml):
 
 
 def test_gpu_process_listing_is_capped_largest_first(fake_nvml):
-    from ml_debug_mcp.core.host.gpu import MAX_GPU_PROCESSES
+    from ml_debug_mcp.core.host.nvml import MAX_GPU_PROCESSES
 
     count = MAX_GPU_PROCESSES + 7
     fake_nvml.configure(processes=[(0, 4_000_000 + i, (i + 1) * 2**20) for i in range(count)])

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from ml_debug_mcp.core.host.gpu import NVML_MODULE_ENV, read_gpu_report
-from ml_debug_mcp.core.host.host import host_status
+from ml_debug_mcp.core.host.nvml import NVML_MODULE_ENV, read_gpu_report
+from ml_debug_mcp.core.host.snapshot import host_status
 
 pytestmark = pytest.mark.gpu
 MiB = 2**20

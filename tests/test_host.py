@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ml_debug_mcp.core.host.gpu import NVML_MODULE_ENV
-from ml_debug_mcp.core.host.host import host_status, validate_sampling
+from ml_debug_mcp.core.host.nvml import NVML_MODULE_ENV
+from ml_debug_mcp.core.host.snapshot import host_status, validate_sampling
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -256,7 +256,7 @@ def test_cpu_only_host_still_gets_the_process_picture(monkeypatch, trainer):
 def test_fake_host_is_configurable_from_the_environment_for_a_subprocess():
     env = dict(os.environ, **{NVML_MODULE_ENV: "fake_nvml", "PYTHONPATH": str(TESTS),
                               "FAKE_NVML_GPUS": "8", "FAKE_NVML_SCENARIO": "memory_full"})
-    code = "from ml_debug_mcp.core.host.host import host_status; print(host_status().model_dump_json())"
+    code = "from ml_debug_mcp.core.host.snapshot import host_status; print(host_status().model_dump_json())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     status = json.loads(out)
     assert status["nvml"]["module"] == "fake_nvml" and len(status["gpus"]) == 8

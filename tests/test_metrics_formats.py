@@ -354,8 +354,8 @@ def test_bulk_path_matches_line_by_line(tmp_path):
     path = tmp_path / "big.log"
     path.write_text(text)
     bulk = parse_metrics(path)
-    from ml_debug_mcp.core.logs.logfmt_common import Collector
-    from ml_debug_mcp.core.logs.logfmt_fast import parse_text_blocks
+    from ml_debug_mcp.core.logs.formats.common import Collector
+    from ml_debug_mcp.core.logs.formats.bulk import parse_text_blocks
 
     collector = Collector()
     parse_text_blocks([(0, text.encode())], bulk.format, collector, bulk=False)
@@ -429,7 +429,7 @@ def test_plain_directory_reads_newest_log(tmp_path):
 
 
 def test_huge_single_line_is_skipped_not_held(tmp_path):
-    from ml_debug_mcp.core.logs import logfmt_common
+    from ml_debug_mcp.core.logs.formats import common as logfmt_common
 
     path = tmp_path / "blob.log"
     with open(path, "wb") as fh:

@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ml_debug_mcp.core.logs.errors import MAX_BLOCKS, extract_errors_text
+from ml_debug_mcp.core.logs.error_blocks import MAX_BLOCKS, extract_errors_text
 from ml_debug_mcp.core.logs.metrics import FORMATS, INTERNAL_ERROR, parse_metrics, parse_metrics_text
 from ml_debug_mcp.core.logs.series import SeriesBuilder
 from ml_debug_mcp.core.logs.tail import MAX_LINE_CHARS, MAX_OUTPUT_CHARS, tail_file

@@ -9,7 +9,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.diagnosis.diagnosis import confidence_text
+from ml_debug_mcp.core.diagnosis.hypotheses import confidence_text
 from ml_debug_mcp.core.model.gradients import DEFAULT_TOP, MAX_TOP, GradientAnalysis, GradientReport, LayerGradient, fmt
 from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, resolve_path, run_blocking, \
     tool_result, translate_errors

@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis, Hypothesis, confidence_text
+from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Hypothesis, confidence_text
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors
 

@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from ml_debug_mcp.core.host.host import HostStatus
+from ml_debug_mcp.core.host.snapshot import HostStatus
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors
 
@@ -52,7 +52,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         log: Annotated[str | None, Field(description="the job's log; if the process died, the result points at it")] = None,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, HostStatus]:
-        from ml_debug_mcp.core.host.host import host_status, validate_sampling
+        from ml_debug_mcp.core.host.snapshot import host_status, validate_sampling
 
         validate_sampling(samples, interval)
         log_path = await resolve_path(await effective_roots(env, ctx), log, what="log") if log else None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:  # resolved lazily in _build_catalogue to break the import cycle with diagnosis
-    from ml_debug_mcp.core.diagnosis.diagnosis import Fix, NextStep
+    from ml_debug_mcp.core.diagnosis.hypotheses import Fix, NextStep
 
 FailureId = Literal[
     "nan_loss",
@@ -887,7 +887,7 @@ _ENTRIES: dict[str, dict[str, Any]] = {
 
 
 def _build_catalogue() -> dict[str, FailureInfo]:
-    from ml_debug_mcp.core.diagnosis.diagnosis import Fix, NextStep
+    from ml_debug_mcp.core.diagnosis.hypotheses import Fix, NextStep
 
     FailureInfo.model_rebuild(_types_namespace={"Fix": Fix, "NextStep": NextStep})
     catalogue: dict[str, FailureInfo] = {}

@@ -18,7 +18,7 @@ from typing import Any
 
 from ml_debug_mcp.core.diagnosis.catalogue import failure_info
 from ml_debug_mcp.core.diagnosis.compare import target_metric
-from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis, Evidence, Hypothesis, NextStep, confidence_text
+from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothesis, NextStep, confidence_text
 from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name
 
 CONFIRMED = 0.8  # at or above: the diagnosis stands; below: say what evidence is missing
@@ -105,7 +105,7 @@ def _merge_parsed(a: ParsedLog | None, b: ParsedLog | None) -> ParsedLog | None:
 
 def _error_hypotheses(blocks: Iterable[Any], log_path: str | None, code_path: str | None) -> list[Hypothesis]:
     """detect_errors on each extracted error block, evidence line numbers shifted to the file's."""
-    from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+    from ml_debug_mcp.core.diagnosis.detectors.error_text import detect_errors
 
     found: list[Hypothesis] = []
     for block in blocks:
@@ -122,7 +122,7 @@ def _error_hypotheses(blocks: Iterable[Any], log_path: str | None, code_path: st
 def _bare_error_hypotheses(text: str, first_line: int, known: set[str], log_path: str | None,
                            code_path: str | None) -> list[Hypothesis]:
     """Error lines outside any extracted block: only failures the blocks did not already explain."""
-    from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+    from ml_debug_mcp.core.diagnosis.detectors.error_text import detect_errors
 
     found = [h for h in detect_errors(text, log_path=log_path, code_path=code_path) if h.failure not in known]
     for h in found:
@@ -374,7 +374,7 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     DeepSpeed's "OVERFLOW!" or Keras' "Invalid loss"), numbered from `tail_first_line`. Raises
     ValueError only for malformed `series` (a caller error).
     """
-    from ml_debug_mcp.core.diagnosis.detectors.series import detect_series
+    from ml_debug_mcp.core.diagnosis.detectors.series_checks import detect_series
 
     parsed = _merge_parsed(parsed, parsed_from_series(series) if series else None)
     code_arg = str(code_path) if code_path is not None else None
@@ -387,11 +387,11 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     if tail_text:
         found += _bare_error_hypotheses(tail_text, tail_first_line, {h.failure for h in found}, log_path, code_arg)
     if error_text and error_text.strip():
-        from ml_debug_mcp.core.diagnosis.detectors.errors import detect_errors
+        from ml_debug_mcp.core.diagnosis.detectors.error_text import detect_errors
 
         found += detect_errors(error_text, log_path=log_path, code_path=code_arg)
     if code_path is not None:
-        from ml_debug_mcp.core.diagnosis.detectors.code import code_hypotheses, scan_code
+        from ml_debug_mcp.core.diagnosis.detectors.code_scan import code_hypotheses, scan_code
 
         signals = {h.failure for h in found if h.confidence >= HEALTHY_VETO and h.failure != "healthy"}
         findings = scan_code(Path(code_path))
@@ -418,7 +418,7 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
 def classify_text(text: str, fmt: str | None = None, *, code_path: Path | None = None, error_text: str | None = None,
                   series: Mapping[str, Sequence[Sequence[float | None]]] | None = None) -> Diagnosis:
     """Classify pasted log text: its metrics and the errors in it (plus any extra evidence given)."""
-    from ml_debug_mcp.core.logs.errors import extract_errors_text
+    from ml_debug_mcp.core.logs.error_blocks import extract_errors_text
 
     parsed = parse_safely(text=text, fmt=fmt)
     return classify(parsed, error_text=error_text, code_path=code_path, series=series,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS
-from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis, Evidence, Hypothesis, confidence_text
+from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothesis, confidence_text
 from ml_debug_mcp.core.logs.series import MetricSeries, ParsedLog, canonical_metric_name
 from pydantic import BaseModel, Field
 

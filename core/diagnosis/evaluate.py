@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS
-from ml_debug_mcp.core.diagnosis.diagnosis import Diagnosis
+from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis
 from pydantic import BaseModel, Field, ValidationError
 
 NO_ANSWER = "none"  # predicted label when classify returns no hypothesis

@@ -12,14 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ml_debug_mcp.core.logs.logfmt_common import Collector, iter_file_blocks, iter_file_lines, strip_rank_prefix
-from ml_debug_mcp.core.logs.logfmt_fast import parse_text_blocks
-from ml_debug_mcp.core.logs.logfmt_files import (looks_like_event_file, looks_like_trainer_state, parse_tensorboard,
+from ml_debug_mcp.core.logs.formats.common import Collector, iter_file_blocks, iter_file_lines, strip_rank_prefix
+from ml_debug_mcp.core.logs.formats.bulk import parse_text_blocks
+from ml_debug_mcp.core.logs.formats.stores import (looks_like_event_file, looks_like_trainer_state, parse_tensorboard,
                                             parse_trainer_state, read_mlflow_run, resolve_run_dir,
                                             trainer_state_records)
-from ml_debug_mcp.core.logs.logfmt_tables import (is_lightning_header, looks_like_csv, looks_like_mlflow_metric,
+from ml_debug_mcp.core.logs.formats.tables import (is_lightning_header, looks_like_csv, looks_like_mlflow_metric,
                                              parse_csv_lines, parse_mlflow_metric_lines)
-from ml_debug_mcp.core.logs.logfmt_text import LINE_PARSERS, classify_line, last_segment
+from ml_debug_mcp.core.logs.formats.text import LINE_PARSERS, classify_line, last_segment
 from ml_debug_mcp.core.paths import stays_within
 from ml_debug_mcp.core.logs.series import ParsedLog
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.paths import stays_within
-from ml_debug_mcp.core.logs.errors import ErrorBlock, extract_errors
-from ml_debug_mcp.core.logs.logfmt_common import ANSI_RE
+from ml_debug_mcp.core.logs.error_blocks import ErrorBlock, extract_errors
+from ml_debug_mcp.core.logs.formats.common import ANSI_RE
 
 if TYPE_CHECKING:
     from ml_debug_mcp.core.logs.series import ParsedLog
@@ -637,7 +637,7 @@ def _format_by_name(path: Path) -> str | None:
 
 def _csv_header(fh, region: list[str], check: bool = True) -> str | None:
     """The file's first line when it is a CSV/TSV header the tail rows fit, else None."""
-    from ml_debug_mcp.core.logs.logfmt_tables import looks_like_csv
+    from ml_debug_mcp.core.logs.formats.tables import looks_like_csv
 
     fh.seek(0)
     header = fh.readline(65536).decode("utf-8", "replace").rstrip("\r\n")

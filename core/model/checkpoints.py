@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence
 from ml_debug_mcp.core.model.gradients import (CANCELLED_BIAS, DEFAULT_TOP, CheckpointMismatch, GradientReport, LayerGradient, ShapeChange,
                                          assemble, band_for, finite, fmt, judges_ratio)
 from ml_debug_mcp.core.model.worker import run_worker

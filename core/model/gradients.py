@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS, FailureId, failure_info
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Fix, Hypothesis
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis
 
 Band = Literal["overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy"]
 BANDS: tuple[Band, ...] = ("overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS, failure_info
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Hypothesis
 from ml_debug_mcp.core.logs.series import MetricSeries
 
 

@@ -27,7 +27,7 @@ from ml_debug_mcp.core.diagnosis.detectors.series_common import (
     rolling_median,
     window_size,
 )
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Hypothesis
 
 
 def _persistently_nonfinite(ss: SeriesSet, name: str, limits: Limits) -> bool:

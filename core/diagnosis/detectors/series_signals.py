@@ -24,7 +24,7 @@ from ml_debug_mcp.core.diagnosis.detectors.series_common import (
     median,
     window_size,
 )
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Hypothesis
 
 # ------------------------------------------------------------------------------------------------
 # Gradients and updates

@@ -14,7 +14,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ml_debug_mcp.core.logs.logfmt_common import (Collector, is_ignored_key, is_step_key, strip_rank_prefix,
+from ml_debug_mcp.core.logs.formats.common import (Collector, is_ignored_key, is_step_key, strip_rank_prefix,
                                              to_float)
 from ml_debug_mcp.core.paths import stays_within
 

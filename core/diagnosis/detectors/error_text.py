@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId, failure_info
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Fix, Hypothesis, NextStep
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis, NextStep
 
 MAX_TEXT_CHARS = 4_000_000
 """Only the last this-many characters are scanned: errors sit at the end of a log."""

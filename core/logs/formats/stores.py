@@ -20,8 +20,8 @@ import os
 import re
 from pathlib import Path
 
-from ml_debug_mcp.core.logs.logfmt_common import Collector, iter_file_lines
-from ml_debug_mcp.core.logs.logfmt_text import json_record
+from ml_debug_mcp.core.logs.formats.common import Collector, iter_file_lines
+from ml_debug_mcp.core.logs.formats.text import json_record
 from ml_debug_mcp.core.paths import stays_within
 
 MAX_JSON_BYTES = 256 << 20
@@ -234,7 +234,7 @@ def _resolve_run_dir(directory: Path) -> tuple[str, Path, list[str]] | None:
 
 
 def read_mlflow_run(run_dir: Path, collector: Collector) -> None:
-    from ml_debug_mcp.core.logs.logfmt_tables import mlflow_metric_files, parse_mlflow_metric_lines
+    from ml_debug_mcp.core.logs.formats.tables import mlflow_metric_files, parse_mlflow_metric_lines
 
     files = mlflow_metric_files(run_dir)
     if not files:

@@ -29,7 +29,7 @@ import json
 import math
 import re
 
-from ml_debug_mcp.core.logs.logfmt_common import (ANSI_RE, NUMBER_PATTERN, Collector, is_ignored_key,
+from ml_debug_mcp.core.logs.formats.common import (ANSI_RE, NUMBER_PATTERN, Collector, is_ignored_key,
                                              is_known_metric, is_step_key, to_float)
 
 # --- generic key/value pairs -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ml_debug_mcp.core.diagnosis.detectors.series_common import (
 )
 from ml_debug_mcp.core.diagnosis.detectors.series_curves import CURVE_DETECTORS
 from ml_debug_mcp.core.diagnosis.detectors.series_signals import SIGNAL_DETECTORS
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Hypothesis
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Hypothesis
 from ml_debug_mcp.core.logs.series import ParsedLog
 
 DETECTORS = CURVE_DETECTORS + SIGNAL_DETECTORS

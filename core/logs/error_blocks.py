@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ml_debug_mcp.core.logs.logfmt_common import ANSI_RE, strip_rank_prefix
+from ml_debug_mcp.core.logs.formats.common import ANSI_RE, strip_rank_prefix
 
 ErrorKind = Literal["python_traceback", "cuda_oom", "cuda_error", "nccl_timeout", "nccl_error",
                     "oom_killed", "torchrun_child_failed", "exit_code", "signal"]

@@ -19,8 +19,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Fix, NextStep
-from ml_debug_mcp.core.host.gpu import GpuInfo, NvmlSession, NvmlStatus, UtilizationSample
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, NextStep
+from ml_debug_mcp.core.host.nvml import GpuInfo, NvmlSession, NvmlStatus, UtilizationSample
 from ml_debug_mcp.core.host.processes import (
     CpuSampler,
     MissingProcess,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml_debug_mcp.core.logs.logfmt_common import (MAX_LINE_BYTES, Collector, is_ignored_key, is_step_key, metric_name,
+from ml_debug_mcp.core.logs.formats.common import (MAX_LINE_BYTES, Collector, is_ignored_key, is_step_key, metric_name,
                                              strip_rank_prefix, to_float)
-from ml_debug_mcp.core.logs.logfmt_text import LINE_PARSERS, LineParser, extract_pair_spans, last_segment
+from ml_debug_mcp.core.logs.formats.text import LINE_PARSERS, LineParser, extract_pair_spans, last_segment
 
 TEMPLATE_FORMATS = frozenset({"keyvalue", "nanogpt", "megatron", "jsonl", "wandb", "fairseq"})
 MAX_TEMPLATES = 6

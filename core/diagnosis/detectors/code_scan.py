@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId, failure_info
-from ml_debug_mcp.core.diagnosis.diagnosis import Evidence, Fix, Hypothesis, NextStep
+from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis, NextStep
 
 MAX_CODE_BYTES = 2_000_000
 """Larger files are refused: a training script this big is generated or vendored code."""
