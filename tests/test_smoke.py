@@ -16,7 +16,7 @@ from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS
 from ml_debug_mcp.core.paths import Roots
 from ml_debug_mcp.core.record.smoke import ALLOWED_IMPORTS, check_entrypoint, create_smoke_test, \
     make_tests_folder, project_dir, render, write_atomically
-from ml_debug_mcp.core.record.smoke_templates import TEMPLATE_FOR_FAILURE, TEMPLATES
+from ml_debug_mcp.core.record.templates import TEMPLATE_FOR_FAILURE, TEMPLATES
 
 from smoke_models import MODELS
 

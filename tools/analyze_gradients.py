@@ -84,7 +84,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         checkpoint: Annotated[str | None, Field(description="earlier checkpoint (safetensors, or torch file loaded weights_only)")] = None,
         checkpoint_after: Annotated[str | None, Field(description="later checkpoint of the same model")] = None,
         steps_between: Annotated[int | None, Field(ge=1, le=10**9, description="optimizer steps between the two checkpoints (turns the change into a per-step ratio)")] = None,
-        stats_path: Annotated[str | None, Field(description="grad_stats.jsonl written by TrainingProbe (ml_debug_mcp.core.model.probe)")] = None,
+        stats_path: Annotated[str | None, Field(description="grad_stats.jsonl written by TrainingProbe (from ml_debug_mcp import TrainingProbe)")] = None,
         top: Annotated[int, Field(ge=1, le=MAX_TOP, description="how many layers to list, worst first")] = DEFAULT_TOP,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, GradientAnalysis]:

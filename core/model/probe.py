@@ -1,6 +1,6 @@
 """TrainingProbe: per-layer gradient statistics written from inside a training loop, cheaply.
 
-    from ml_debug_mcp.core.model.probe import TrainingProbe
+    from ml_debug_mcp import TrainingProbe
 
     probe = TrainingProbe(model, log_dir="runs/exp1", every=100)
     for batch in loader:

@@ -28,7 +28,8 @@ from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS, FailureId, failure_info
 from ml_debug_mcp.core.paths import Roots
-from ml_debug_mcp.core.record.smoke_templates import HARNESS, HARNESS_IMPORTS, TEMPLATE_FOR_FAILURE, TEMPLATES, Template
+from ml_debug_mcp.core.record.templates import HARNESS_IMPORTS, TEMPLATE_FOR_FAILURE, TEMPLATES, Template
+from ml_debug_mcp.core.record.templates import source as template_source
 
 Outcome = Literal["passed", "failed", "skipped", "error", "not_run"]
 
@@ -221,39 +222,6 @@ def _relative(target: Path, base: Path) -> str:
     return Path(os.path.relpath(target, base)).as_posix()
 
 
-_LOAD_STAND_IN = '''
-def load_factory() -> Callable[[], Any]:
-    """TODO: return your factory instead of the tiny stand-in at the end of this file."""
-    return tiny_model_factory
-'''
-
-_LOAD_FILE = '''
-def load_factory() -> Callable[[], Any]:
-    """Load the factory's file by path (relative to PROJECT_ROOT), as `python file.py` would."""
-    path = PROJECT_ROOT / FACTORY_FILE
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"_smoke_target_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return resolve_attribute(module, FACTORY_NAME)
-'''
-
-_LOAD_MODULE = '''
-def load_factory() -> Callable[[], Any]:
-    """Import the factory's module with IMPORT_BASE (relative to PROJECT_ROOT) first on sys.path."""
-    sys.path.insert(0, str((PROJECT_ROOT / IMPORT_BASE).resolve()))
-    return resolve_attribute(importlib.import_module(FACTORY_MODULE), FACTORY_NAME)
-'''
-
-_RESOLVE_ATTRIBUTE = '''
-def resolve_attribute(module: Any, dotted: str) -> Any:
-    target = module
-    for part in dotted.split("."):
-        target = getattr(target, part)
-    return target
-'''
-
 _CONTRACT = """\
 Factory contract: a zero-argument callable returning one of
     model                    a torch.nn.Module; a random batch of INPUT_SHAPE is made for it
@@ -320,17 +288,17 @@ def render(failure: str, *, test_path: Path, project: Path, factory: Factory | N
     """The template and the complete source of the test file (RuntimeError if a template would not compile)."""
     template = template_for(failure)
     if factory is None:
-        loader = [_LOAD_STAND_IN]
+        loader = [template_source("load_stand_in")]
     else:
-        loader = [_LOAD_FILE if factory.module is None else _LOAD_MODULE, _RESOLVE_ATTRIBUTE]
-    body = [*loader, HARNESS, *template.tests, template.tiny_model if factory is None else "", template.main]
+        loader = [template_source("load_file" if factory.module is None else "load_module"), template_source("resolve_attribute")]
+    body = [*loader, template_source("harness"), *template.tests, template.tiny_model if factory is None else "", template.main]
     code = "\n\n\n".join(part.strip("\n") for part in body if part)
     command = f"python -m pytest {_relative(test_path, project)} -q"
     head = [_docstring(failure, template, factory, command), _imports(code),
             _constants(template, factory, project, test_path, input_shape)]
-    source = "\n\n".join(head) + "\n\n\n" + code + "\n"
-    check_generated_source(source, test_path.name)
-    return template, source
+    text = "\n\n".join(head) + "\n\n\n" + code + "\n"
+    check_generated_source(text, test_path.name)
+    return template, text
 
 
 def check_generated_source(source: str, filename: str) -> None:

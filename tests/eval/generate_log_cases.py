@@ -19,7 +19,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import training_runs as tr
+import training_runs as tr  # noqa: E402  (found through the sys.path entry above)
 
 OUT = HERE / "logs"
 
