@@ -1,11 +1,13 @@
 """classify_failure on the labelled evaluation set: accuracy report plus cost against parsing.
 
-    python bench/eval_classify.py [--quick] [--json] [--root tests/eval]
+    python bench/eval_classify.py [--split test|dev|regression] [--quick] [--json] [--root tests/eval]
 
-Prints top-1 accuracy, per-class precision/recall, the healthy false-alarm rate, the confusion
-matrix and every miss (core.evaluate). Then, for each log case, it times `classify_path` against
-`parse_metrics` of the same file in the same run (the parse is the baseline, since classify must
-parse first) and reports the median ratio: what diagnosis adds on top of reading the log.
+Prints, for the split (default: the sealed real-world test split), top-1 accuracy from log_path and
+from error_text, per-class precision/recall, the healthy false-alarm rate, calibration (ECE and
+accuracy per confidence band), the confusion matrix and every miss, and the same figures for a
+keyword-grep baseline (core.diagnosis.evaluate). Then, for each regression-set log case, it times
+`classify_path` against `parse_metrics` of the same file in the same run (the parse is the
+baseline, since classify must parse first): what diagnosis adds on top of reading the log.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 from ml_debug_mcp.core.diagnosis.classify import classify_path
-from ml_debug_mcp.core.diagnosis.evaluate import evaluate, format_report, load_cases
+from ml_debug_mcp.core.diagnosis.evaluate import evaluate_split, format_split_report, load_cases
 from ml_debug_mcp.core.logs.metrics import parse_metrics
 
 ROOT = Path(__file__).resolve().parent.parent / "tests" / "eval"
@@ -54,12 +56,13 @@ def main() -> int:
     ap.add_argument("--root", type=Path, default=ROOT)
     ap.add_argument("--quick", action="store_true", help="time each log once instead of best of 5")
     ap.add_argument("--json", action="store_true", help="print the full report as JSON")
+    ap.add_argument("--split", choices=("test", "dev", "regression"), default="test")
     args = ap.parse_args()
-    report = evaluate(args.root)
+    report = evaluate_split(args.root, args.split)
     if args.json:
         print(json.dumps(report.model_dump(), indent=1))
         return 0
-    print(format_report(report))
+    print(format_split_report(report))
     rows = cost_ratios(args.root, 1 if args.quick else 5)
     if rows:
         ratios = [full / max(parse, 1e-9) for _, full, parse in rows]

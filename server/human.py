@@ -26,6 +26,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--pid", type=int)
     if command == "eval":
         p.add_argument("--cases", help="evaluation set folder (default: the repository's tests/eval)")
+        p.add_argument("--split", choices=("test", "dev", "regression"), default="test",
+                       help="the sealed real-world test split (default), its dev split, or the regression set")
 
 
 def run(command: str, args: argparse.Namespace) -> tuple[BaseModel, str]:
@@ -55,10 +57,10 @@ def run(command: str, args: argparse.Namespace) -> tuple[BaseModel, str]:
         status = host_status(samples=args.samples, interval=args.interval, pid=args.pid)
         return status, summarize(status)
     if command == "eval":
-        from ml_debug_mcp.core.diagnosis.evaluate import evaluate, format_report
+        from ml_debug_mcp.core.diagnosis.evaluate import evaluate_split, format_split_report
 
-        report = evaluate(Path(args.cases) if args.cases else Path.cwd() / "tests" / "eval")
-        return report, format_report(report)
+        report = evaluate_split(Path(args.cases) if args.cases else Path.cwd() / "tests" / "eval", args.split)
+        return report, format_split_report(report)
     raise ValueError(f"unknown command {command!r}")
 
 
