@@ -400,10 +400,12 @@ def test_a_rank_that_stops_logging_is_a_distributed_hang() -> None:
 # Little evidence, noise robustness, helpers
 
 
-def test_too_few_points_give_no_curve_verdict_and_no_healthy_claim() -> None:
-    parsed = series_log({"loss": [2.0, 1.5, 1.2]})
-    assert detect_series(parsed) == []
+def test_two_points_give_no_verdict_and_three_only_a_tentative_one() -> None:
+    # Issue 9: a pasted excerpt is judged from 3 points up, with a confidence that says how little 3 points show.
+    assert detect_series(series_log({"loss": [2.0, 1.5]})) == []
     assert detect_series(ParsedLog(format="unknown")) == []
+    found = detect_series(series_log({"loss": [2.0, 1.5, 1.2]}))
+    assert [h.failure for h in found] == ["healthy"] and found[0].confidence < 0.5
 
 
 def test_a_flat_loss_is_not_called_healthy() -> None:

@@ -377,6 +377,9 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     from ml_debug_mcp.core.diagnosis.detectors.series_checks import detect_series
 
     parsed = _merge_parsed(parsed, parsed_from_series(series) if series else None)
+    if parsed is None and error_text and error_text.strip():
+        pasted = parse_safely(text=error_text)  # pasted text is often a log excerpt: read its metric lines too
+        parsed = pasted if pasted.series else None
     code_arg = str(code_path) if code_path is not None else None
     found: list[Hypothesis] = []
     input_notes: list[str] = []
@@ -468,7 +471,9 @@ def read_log_evidence(path: Path, fmt: str | None = None,
         else:
             evidence.blocks = list(tail.errors)
             parsed.warnings += [w for w in tail.warnings if w not in parsed.warnings]
-            if tail.lines:
-                evidence.tail_text = "\n".join(line.text for line in tail.lines)
-                evidence.tail_first_line = tail.lines[0].line_no or 1
+            # A finished (or pasted) file need not end in a newline: its last line still counts here.
+            shown = list(tail.lines) + ([tail.partial_line] if tail.partial_line is not None else [])
+            if shown:
+                evidence.tail_text = "\n".join(line.text for line in shown)
+                evidence.tail_first_line = shown[0].line_no or 1
     return evidence

@@ -22,7 +22,7 @@ _QUOTE = re.compile(r"^(?:\s{0,3}>)+ ?")
 _HTML_TAG = re.compile(r"</?(?:br|code|pre|p|b|i|em|strong|details|summary|div|span|tt|kbd|samp|sub|sup)\b[^>]*>",
                        re.I)
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
-_INLINE_CODE = re.compile(r"`+")
+_EDGE_CODE = re.compile(r"^(\s*)`+|`+\s*$")  # `a whole line as inline code`; backticks inside are the trainer's
 _TIMESTAMP = (r"\d{4}[-/]\d{2}[-/]\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
               r"|\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
               r"|\d{2}:\d{2}:\d{2}(?:[.,]\d+)?")
@@ -61,7 +61,7 @@ def clean_line(line: str) -> str:
     if "**" in line:
         line = _BOLD.sub(r"\1", line)
     if "`" in line:
-        line = _INLINE_CODE.sub("", line)
+        line = _EDGE_CODE.sub(r"\1", line)
     line = _strip_prefixes(line)
     return line.rstrip()
 

@@ -5,8 +5,11 @@ Keras phrasings, pulls the numbers out of the message and turns them into a spec
 explanation ("a Linear layer expects 256 input features but gets 512"). Rules for the same
 failure merge into one `Hypothesis`; catalogue root causes and fixes follow the specific ones.
 
-Only text a rule recognises produces a hypothesis: an unknown error yields nothing, never a
-guessed label (the orchestrator reports it as unrecognised).
+Two tiers. The precise rules come first and read the numbers out of the message. When none of a
+family's precise rules matches, a family phrase ("out of memory", "device-side assert", "same
+device", "scalar type"...) still names the family, at a lower confidence, and says what it could
+not read: a known family phrase never yields nothing. Text is normalised first (markdown, HTML,
+logger and rank prefixes: core.logs.normalize), and read again with wrapped lines joined.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId, failure_info
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis, NextStep
+from ml_debug_mcp.core.logs.normalize import flatten, normalize_text
 
 MAX_TEXT_CHARS = 4_000_000
 """Only the last this-many characters are scanned: errors sit at the end of a log."""
@@ -1337,6 +1341,59 @@ def _compiled() -> tuple[tuple[_Rule, re.Pattern[str], re.Pattern[str] | None, t
     )
 
 
+@dataclass(frozen=True)
+class _Family:
+    """A phrase that names a failure family without saying enough to explain it."""
+
+    failure: FailureId
+    pattern: str
+    unread: str  # what the precise rules would have read, for the evidence
+
+
+FAMILY_CONFIDENCE = 0.6  # below CONFIRMED: the family is named, the mechanism is not read
+# Ordered: the first family phrase of a line wins, so the specific phrases precede the loose ones.
+# fmt: off
+_FAMILIES: tuple[_Family, ...] = (
+    _Family("graph_reuse", r"backward through the graph|modified by an inplace operation|does not require grad and does not have a grad_fn|saved (?:intermediate values|tensors) .{0,40}(?:freed|been freed)|retain_graph=True", "which tensor or step holds the freed graph"),
+    _Family("cuda_assert", r"device-side assert|illegal memory access|cudaErrorIllegalAddress|misaligned address|unspecified launch failure|CUBLAS_STATUS_EXECUTION_FAILED|CUDNN_STATUS_(?:EXECUTION_FAILED|INTERNAL_ERROR|MAPPING_ERROR)|srcIndex < srcSelectDimSize|index out of bounds|Assertion .{0,120} failed|an illegal instruction", "which index or kernel was out of range"),
+    _Family("oom", r"out of memory|\bOOM\b|RESOURCE_EXHAUSTED|Resource exhausted|memory (?:isn't|is not) enough|not enough memory|insufficient memory|cannot allocate memory|Cannot allocate [\d.]+ ?[KMGT]?i?B|failed to allocate|allocat\w* (?:<= available )?failed|MemoryError|std::bad_alloc|CUBLAS_STATUS_ALLOC_FAILED|more than total mem size|oom-kill|killed by signal: Killed|exit(?:ed)? (?:with )?(?:code|status)[: =]*137", "the sizes (asked for, in use, free)"),
+    _Family("distributed_hang", r"Watchdog caught|collective operation timeout|WorkNCCL\(.{0,200}timed out|NCCL (?:error|timeout|WARN|communicator)|nccl\w*Error|ProcessGroupNCCL.{0,120}(?:timed? ?out|Timeout|abort)|RendezvousTimeout|Rendezvous\w*Error|rendezvous .{0,40}timed? ?out|DistNetworkError|Socket Timeout|Timed out (?:waiting|after|initializing)|timed out in blocking wait|stalled ops|missing ranks|deadlock|barrier .{0,40}timed? ?out|heartbeat .{0,40}(?:timed? ?out|lost|failed)|connection (?:reset|refused) by peer.{0,80}(?:gloo|nccl|c10d)", "which collective and rank stalled, and the timeout"),
+    _Family("device_mismatch", r"same device|different devices|(?:is|are|be) on (?:the )?(?:CPU|GPU|cuda(?::\d+)?|cpu)\b.{0,60}(?:but|expected)|expected (?:object of )?device type|Expected .{0,80} to be on|device type \w+ but got|should be the same device|tensors? (?:is|are) on (?:different|another) device", "which tensor sits on which device"),
+    _Family("dtype_mismatch", r"scalar type|(?:must|should) (?:have|be) the same dtype|same dtype,? but got|dtype mismatch|dtype .{0,40}(?:does not match|doesn't match|mismatch|but got|expected)|Found dtype \w+ but expected|expected .{0,40}(?:Float|Half|Double|BFloat16|Long|Int)\w* (?:but|and) (?:got|found)|not implemented for '(?:Half|BFloat16|Long|Int|Bool|Byte|Char|ComplexFloat)'|Input type .{0,60} and (?:weight|bias) type|was expected to be a (?:float|double|int\d+|half|bfloat16) tensor", "the two dtypes"),
+    _Family("shape_mismatch", r"size mismatch|shape mismatch|shapes? (?:are )?(?:not compatible|incompatible)|Incompatible shapes|is incompatible with (?:the )?layer|expected axis -?\\d+ of input shape|only batches of spatial targets|must match the size|cannot be multiplied|Dimensions must be equal|dimension mismatch|same shape, got|shape '\[.{0,60}\]' is invalid|cannot reshape|(?:expected|wrong|invalid|unexpected) (?:input )?shape|(?:expected|got) .{0,40}(?:dimensions?|dims|channels)\b.{0,40}(?:but|instead)|shape \[.{0,60}\] vs\.? \[", "the two shapes"),
+    _Family("nan_loss", r"loss (?:is|became|becomes|=|:)\s*-?nan\b|nan loss|loss[^\n]{0,12}\bNaN\b|NaN or Inf found|non-finite loss|Invalid loss|Detected (?:NaN|nan)|returned nan values|nan values? (?:in|found)|loss is not finite", "where the first non-finite value appeared"),
+)
+# fmt: on
+
+
+@functools.cache
+def _compiled_families() -> tuple[tuple[_Family, re.Pattern[str]], ...]:
+    return tuple((f, re.compile(f.pattern, re.IGNORECASE)) for f in _FAMILIES)
+
+
+def _family_hypotheses(text: str, first_line: int, known: set[str]) -> dict[str, "_Accumulated"]:
+    """Tier two: one hypothesis per family phrase whose failure no precise rule found."""
+    found: dict[str, _Accumulated] = {}
+    lines: _Lines | None = None
+    flat = flatten(text)
+    for family, regex in _compiled_families():
+        if family.failure in known or family.failure in found:
+            continue
+        m = regex.search(flat)
+        if m is None:
+            continue
+        lines = lines or _Lines(text, first_line)
+        acc = found.setdefault(family.failure, _Accumulated(first_offset=m.start()))
+        acc.confidences.append(FAMILY_CONFIDENCE)
+        phrase = " ".join(m.group(0).split())[:80]
+        shown = (f"{lines.line(m.start())} -> the phrase '{phrase}' names this family, but not in a message this "
+                 f"server reads word for word: {family.unread} could not be read")
+        acc.evidence.append(Evidence(kind="error", text=shown, line_no=lines.number(m.start()),
+                                     rule=f"errors.family:{family.failure}"))
+        acc.greps.append(re.escape(phrase.split()[0]) if phrase else family.failure)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Merging matches into hypotheses
 # ---------------------------------------------------------------------------------------------
@@ -1404,24 +1461,48 @@ def detect_errors(text: str, *, log_path: str | None = None, code_path: str | No
         cut = len(text) - MAX_TEXT_CHARS
         first_line += text.count("\n", 0, cut)
         text = text[cut:]
-    lower = text.lower()
-    lines: _Lines | None = None
+    found = _precise_hypotheses(text, first_line)
+    found.update(_family_hypotheses(normalize_text(text), first_line, set(found)))
+    _cross_reference(found)
+    hypotheses = [_hypothesis(failure, acc, log_path, code_path) for failure, acc in found.items()]
+    hypotheses.sort(key=lambda h: -h.confidence)
+    return hypotheses
+
+
+def _readings(text: str) -> list[tuple[str, str]]:
+    """(reading, the text its offsets number lines in): as written, without pasted decoration, and with
+    wrapped lines joined (flatten keeps offsets, so its lines are the clean text's)."""
+    readings = [(text, text)]
+    clean = normalize_text(text)
+    if clean != text:
+        readings.append((clean, clean))
+    if "\n" in clean:
+        readings.append((flatten(clean), clean))
+    return readings
+
+
+def _precise_hypotheses(text: str, first_line: int) -> dict[str, "_Accumulated"]:
+    """Tier one: every precise rule, on each reading of the text in turn until it matches."""
+    readings = _readings(text)
+    lowered = [r.lower() for r, _ in readings]
+    numbered: dict[int, _Lines] = {}
     found: dict[str, _Accumulated] = {}
 
     for rule, regex, requires, rule_anchors in _compiled():
-        if rule_anchors and not any(a in lower for a in rule_anchors):
-            continue
-        if requires is not None and not requires.search(text):
-            continue
         matches: list[re.Match[str]] = []
-        for m in regex.finditer(text):
-            matches.append(m)
-            if len(matches) >= _MAX_MATCHES:
+        for index, ((candidate, _), lower) in enumerate(zip(readings, lowered)):
+            if rule_anchors and not any(a in lower for a in rule_anchors):
+                continue
+            if requires is not None and not requires.search(candidate):
+                continue
+            matches = [m for m, _ in zip(regex.finditer(candidate), range(_MAX_MATCHES))]
+            if matches:
                 break
         if not matches:
             continue
-        lines = lines or _Lines(text, first_line)
-        reading = rule.explain(matches, text) if rule.explain else Reading()
+        matched, numbering = readings[index]
+        lines = numbered.setdefault(index, _Lines(numbering, first_line))
+        reading = rule.explain(matches, matched) if rule.explain else Reading()
         failure = reading.failure or rule.failure
         acc = found.setdefault(failure, _Accumulated(first_offset=matches[0].start()))
         acc.first_offset = min(acc.first_offset, matches[0].start())
@@ -1445,11 +1526,7 @@ def detect_errors(text: str, *, log_path: str | None = None, code_path: str | No
         _add_unique(acc.fixes, reading.fixes, key=lambda f: f.action)
         if rule.grep:
             _add_unique(acc.greps, [rule.grep])
-
-    _cross_reference(found)
-    hypotheses = [_hypothesis(failure, acc, log_path, code_path) for failure, acc in found.items()]
-    hypotheses.sort(key=lambda h: -h.confidence)
-    return hypotheses
+    return found
 
 
 def _cross_reference(found: dict[str, _Accumulated]) -> None:

@@ -1,7 +1,8 @@
 """Metric-series detectors: every pathology a training log's curves can show, as hypotheses.
 
 `detect_series(parsed)` runs the loss-curve detectors (`series_curves`) and the signal detectors
-(`series_signals`) on each rank's series, checks ranks against each other, and adds a `healthy`
+(`series_signals`) on each rank's series, then the short-excerpt judgements (`series_short`) for
+what a handful of pasted points can show, checks ranks against each other, and adds a `healthy`
 hypothesis only when a real loss curve shows progress. Thresholds: `series_common.LIMITS`.
 """
 
@@ -21,6 +22,7 @@ from ml_debug_mcp.core.diagnosis.detectors.series_common import (
     window_size,
 )
 from ml_debug_mcp.core.diagnosis.detectors.series_curves import CURVE_DETECTORS
+from ml_debug_mcp.core.diagnosis.detectors.series_short import SHORT_DETECTORS
 from ml_debug_mcp.core.diagnosis.detectors.series_signals import SIGNAL_DETECTORS
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Hypothesis
 from ml_debug_mcp.core.logs.series import ParsedLog
@@ -42,13 +44,25 @@ def detect_series(parsed: ParsedLog, limits: Limits = LIMITS) -> list[Hypothesis
     found: list[Hypothesis] = []
     with np.errstate(all="ignore"):  # absurd values (1e300) may overflow in means and fits; comparisons cope
         for ss in series_sets(parsed):
+            here: list[Hypothesis] = []
             for detector in DETECTORS:
-                found += detector(ss, limits)
+                here += detector(ss, limits)
             healthy = assess_health(ss, limits)
             if healthy is not None:
-                found.append(healthy)
+                here.append(healthy)
+            found += here + _short_excerpt(ss, here, limits)
     found += detect_rank_lag(parsed, limits)
     return found
+
+
+def _short_excerpt(ss, here: list[Hypothesis], limits: Limits) -> list[Hypothesis]:
+    """What the short-excerpt judgements add: failures the run-length detectors did not name, and a
+    healthy reading only when nothing else fired."""
+    known = {h.failure for h in here}
+    added = [h for detector in SHORT_DETECTORS for h in detector(ss, limits) if h.failure not in known]
+    if any(h.confidence >= 0.5 for h in here):
+        added = [h for h in added if h.failure != "healthy"]
+    return added
 
 
 def detect_rank_lag(parsed: ParsedLog, limits: Limits = LIMITS) -> list[Hypothesis]:

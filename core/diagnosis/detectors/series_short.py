@@ -1,0 +1,163 @@
+"""Short excerpts: what a senior engineer reads from the 3 to 30 metric lines people paste.
+
+The curve detectors (`series_curves`) need a run's worth of points to tell a shape from noise. A
+pasted excerpt has a handful, yet some judgements need no more: a loss that jumps and then sits at
+its new level, one that never moves, one pinned at a signature value, one that falls step after
+step. Confidence grows with the number of points and the size of the effect, and stays below the
+0.8 bar until both are large. Signature values are read at any length:
+
+- 87.3365 = -ln(float32's smallest normal): a softmax saturated to probability 0 for the true
+  class, the trace of a diverged run in Caffe-style losses;
+- ln(C) for a plausible class count or vocabulary: the model predicts uniformly, at chance;
+- exactly 0, or one value repeated exactly: nothing is being learned, or nothing is computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ml_debug_mcp.core.diagnosis.detectors.series_common import (
+    COMMON_CLASS_COUNTS,
+    COMMON_VOCAB_SIZES,
+    LIMITS,
+    Curve,
+    Limits,
+    SeriesSet,
+    evidence,
+    fmt,
+    hypothesis,
+    median,
+)
+from ml_debug_mcp.core.diagnosis.hypotheses import Hypothesis
+
+SATURATED_SOFTMAX = -math.log(np.finfo(np.float32).tiny)  # 87.3365
+MAX_POINTS = 30  # longer curves are the curve detectors' to judge
+MIN_POINTS = 3
+
+
+def _scale(n: int) -> float:
+    """How much n points can say: 3 points say a little, 10 or more as much as an excerpt can."""
+    return min(1.0, max(0.0, (n - 2) / 8))
+
+
+def _conf(base: float, n: int, effect: float, top: float = 0.85) -> float:
+    return min(top, base + (top - base) * _scale(n) * min(1.0, max(0.0, effect)))
+
+
+def _chance_level(value: float) -> int | None:
+    """The class count or vocabulary whose ln(C) the value sits at (within 1%), if any."""
+    for k in (*COMMON_CLASS_COUNTS, *COMMON_VOCAB_SIZES):
+        if abs(value - math.log(k)) <= 0.01 * math.log(k):
+            return k
+    return None
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _exact_tail(values: np.ndarray) -> int:
+    """How many values at the end equal the last one exactly (to its printed precision)."""
+    k = 1
+    while k < len(values) and _same(float(values[-k - 1]), float(values[-1])):
+        k += 1
+    return k
+
+
+def detect_short_loss(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
+    """Judgements on a short loss curve (3-30 points); signature values at any length."""
+    c = ss.curve("loss")
+    if c is None or len(c) < MIN_POINTS or ss.is_rl:
+        return []
+    found = _signatures(c)
+    if found or len(c) > MAX_POINTS:
+        return found
+    return _shape(c, ss)
+
+
+def _signatures(c: Curve) -> list[Hypothesis]:
+    v = c.values
+    n = len(v)
+    saturated = np.abs(v - SATURATED_SOFTMAX) <= 0.002
+    if saturated[-1]:
+        k = int(saturated.sum())
+        first = c.step_at(int(np.argmax(saturated)))
+        text = (f"{c.label} sits at {fmt(float(v[-1]))} = -ln(float32's smallest normal) from step {fmt(first)}: the "
+                "softmax gives the true class probability 0, the mark of a run that diverged")
+        return [hypothesis("divergence", 0.65 + 0.05 * min(k - 1, 3), [
+            evidence(c, text, "loss within 0.002 of 87.3365 (saturated softmax)", step=first, value=float(v[-1]))],
+            first)]
+    k = _exact_tail(v)
+    if k >= MIN_POINTS and _same(float(v[-1]), 0.0):
+        first = c.step_at(n - k)
+        return [hypothesis("vanishing_gradients", _conf(0.5, k, 1.0, 0.75), [evidence(
+            c, f"{c.label} is exactly 0 for the last {k} points (from step {fmt(first)}): the loss carries no "
+               "signal, so no gradient reaches the model (all labels masked, a detached or constant output, "
+               "a saturated discriminator)", "loss == 0 exactly at >= 3 consecutive points", step=first, value=0.0)],
+            first)]
+    if k >= MIN_POINTS:
+        first = c.step_at(n - k)
+        chance = _chance_level(float(v[-1]))
+        reason = (f" = ln({chance}): the model predicts uniformly, at chance" if chance else
+                  ": the weights no longer move, or the same batch and model are evaluated again")
+        return [hypothesis("plateau", _conf(0.55, k + 2, 1.0), [evidence(
+            c, f"{c.label} repeats exactly {fmt(float(v[-1]))} for the last {k} points (from step {fmt(first)}){reason}",
+            "the same value at >= 3 consecutive points", step=first, value=float(v[-1]))], first)]
+    return []
+
+
+def _shape(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
+    v = c.values
+    n = len(v)
+    first, last, low = float(v[0]), float(v[-1]), float(v.min())
+    diffs = np.diff(v)
+    down_share = float(np.mean(diffs < 0))
+    up_share = float(np.mean(diffs > 0))
+    scale = max(abs(first), 1e-12)
+    # A jump that the loss never comes back from: divergence read from a handful of points.
+    before = np.array([median(v[:i]) for i in range(1, n)])
+    jumps = v[1:] / np.maximum(before, 1e-12)
+    i = int(np.argmax(jumps)) + 1
+    if low > 0 and jumps[i - 1] >= 2.0 and n - i >= 2:
+        after = v[i:]
+        level = median(v[:i])
+        if float(after.min()) >= 1.5 * level:
+            effect = math.log(float(median(after)) / level) / math.log(10)
+            return [hypothesis("divergence", _conf(0.5, n, 0.5 + effect), [evidence(
+                c, f"{c.label} jumped from {fmt(level)} to {fmt(float(v[i]))} at step {fmt(c.step_at(i))} and stayed "
+                   f"up ({fmt(float(after.min()))}-{fmt(float(after.max()))}) for the {len(after)} points shown",
+                "a >= 2x jump over the median before it, every later point >= 1.5x that median",
+                step=c.step_at(i), value=float(median(after)))], c.step_at(i))]
+        # ...or a single point that the loss comes back from: a spike.
+        if len(after) >= 2 and float(median(after[1:])) <= 1.5 * level and jumps[i - 1] >= 3.0:
+            return [hypothesis("loss_spike", _conf(0.45, n, jumps[i - 1] / 10), [evidence(
+                c, f"{c.label} spiked from {fmt(level)} to {fmt(float(v[i]))} at step {fmt(c.step_at(i))}, then came "
+                   f"back to {fmt(float(after[-1]))}", "a >= 3x jump that returns within 1.5x the level before",
+                step=c.step_at(i), value=float(v[i]))], c.step_at(i))]
+    # Rising from where it started, most steps up: the excerpt shows a divergence in progress.
+    rise = (last - low) / max(abs(low), 1e-12)
+    if up_share >= 0.6 and rise >= 0.3 and int(np.argmin(v)) <= n // 2:
+        return [hypothesis("divergence", _conf(0.4, n, rise), [evidence(
+            c, f"{c.label} rose from {fmt(low)} to {fmt(last)} over the {n} points shown ({100 * up_share:.0f}% of the "
+               "steps up)", ">= 60% of steps up and the end >= 1.3x the minimum", value=last)])]
+    gain = (first - last) / scale
+    chance = _chance_level(last)
+    spread = float(np.ptp(v)) / max(abs(median(v)), 1e-12)
+    if chance is not None and abs(gain) < 0.02:
+        return [hypothesis("plateau", _conf(0.45, n, 1.0, 0.75), [evidence(
+            c, f"{c.label} stays at {fmt(last)} = ln({chance}) over the {n} points shown: the model predicts "
+               "uniformly, at chance", "loss within 1% of ln(C) for a common class count, < 2% change",
+            value=last)])]
+    if n >= 4 and spread < 0.005:
+        return [hypothesis("plateau", _conf(0.35, n, 0.8, 0.65), [evidence(
+            c, f"{c.label} does not move: {fmt(float(v.min()))}-{fmt(float(v.max()))} over the {n} points shown",
+            "range under 0.5% of the level at >= 4 points", value=last)])]
+    if gain >= 0.03 and down_share >= 0.5:
+        healthy = [evidence(c, f"{c.label} falls from {fmt(first)} to {fmt(last)} ({100 * gain:.0f}%) over the {n} "
+                               "points shown, all finite", "a >= 3% drop, most steps down", value=last)]
+        return [hypothesis("healthy", _conf(0.4, n, gain * 4, 0.7), healthy)]
+    return []
+
+
+SHORT_DETECTORS = (detect_short_loss,)
