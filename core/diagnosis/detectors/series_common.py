@@ -41,6 +41,8 @@ class Limits:
     effective_rank_low: float = field(default_factory=lambda: _seed("effective_rank_low_fraction"))
     # --- windows and noise handling (series side only)
     min_points: int = 8  # fewer finite points than this: curve-shape detectors stay silent
+    excerpt_points: int = 30  # under this, run-shape claims (no progress, slow burn, hockey stick) are left to
+    # series_short: a pasted window of a long run shows noise, not the run's shape
     window_fraction: float = 0.1  # rolling-median window = this share of the points...
     window_min: int = 5  # ...clamped to [window_min, window_max]
     window_max: int = 100
@@ -86,6 +88,7 @@ class Limits:
     step_time_rise: float = 1.5  # late step time over this multiple of early step time
     stall_multiple: float = 3.0  # a step this many times the median step time is a stall
     stall_share: float = 0.05  # ...and this share of steps stalling is a pattern
+    data_time_share: float = 0.4  # data loading this share of the step time: the loader is the bottleneck
     # --- distributed
     rank_lag_fraction: float = 0.1  # a rank whose last step trails the others by this share of the run
     # --- healthy
@@ -128,6 +131,16 @@ def mad(x: np.ndarray) -> float:
     if len(x) == 0:
         return 0.0
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def trend(x: np.ndarray) -> float:
+    """Spearman rank correlation of the values with their order: -1 falling every step, +1 rising, ~0 flat noise."""
+    n = len(x)
+    if n < 3 or float(np.ptp(x)) == 0.0:
+        return 0.0
+    ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
+    order = np.arange(n, dtype=float)
+    return float(np.corrcoef(order, ranks)[0, 1])
 
 
 def median(x: np.ndarray) -> float:

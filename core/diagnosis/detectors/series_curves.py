@@ -25,6 +25,7 @@ from ml_debug_mcp.core.diagnosis.detectors.series_common import (
     mad,
     median,
     rolling_median,
+    trend,
     window_size,
 )
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Hypothesis
@@ -331,6 +332,8 @@ def detect_plateau(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
     confidence = 0.0
     ks, known = _chance_levels(ss)
     tolerance = limits.chance_tolerance_known if known else limits.chance_tolerance_guess
+    if not known and n < limits.excerpt_points:
+        ks = []  # a guessed class count proves nothing from a short window: any loss is near some ln(k)
     for k in ks:
         level = math.log(k)
         sits = all(abs(x - level) <= tolerance * level for x in (tail, second_half, third_quarter, last_quarter))
@@ -347,7 +350,10 @@ def detect_plateau(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
             break
     gain = (head - tail) / max(abs(head), 1e-12)
     never_dipped = min_s >= head * (1 - 2 * limits.plateau_improvement) if head > 0 else True
-    if abs(gain) < limits.plateau_improvement and never_dipped and n >= 2 * w:
+    # A short noisy window of a long run says nothing about progress; short excerpts are series_short's.
+    enough = n >= limits.excerpt_points or (mad(v) <= limits.plateau_improvement / 2 * abs(median(v))
+                                            and abs(trend(v)) < 0.5)
+    if abs(gain) < limits.plateau_improvement and never_dipped and n >= 2 * w and enough:
         items.append(evidence(c, f"{c.label} went from {fmt(head)} to {fmt(tail)} over {n} points "
                                  f"({100 * gain:+.1f}% improvement): no progress",
                               f"median of first vs last {w} points: improvement < {100 * limits.plateau_improvement:g}%",
@@ -373,7 +379,7 @@ def detect_plateau(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
 def detect_hockey_stick(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
     """Fast drop then flat: most of the drop in the first steps, nothing after, well above zero."""
     c = _loss_curve(ss, limits, min_factor=3)
-    if c is None:
+    if c is None or len(c) < limits.excerpt_points:
         return []
     v = c.values
     n = len(v)
@@ -407,7 +413,7 @@ def detect_hockey_stick(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothes
 def detect_slow_burn(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
     """Near-linear slow decrease: each third of the run improves about as much as the first."""
     c = _loss_curve(ss, limits, min_factor=3)
-    if c is None:
+    if c is None or len(c) < limits.excerpt_points:
         return []
     v = c.values
     n = len(v)

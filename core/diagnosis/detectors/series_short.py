@@ -28,11 +28,11 @@ from ml_debug_mcp.core.diagnosis.detectors.series_common import (
     fmt,
     hypothesis,
     median,
+    trend,
 )
 from ml_debug_mcp.core.diagnosis.hypotheses import Hypothesis
 
 SATURATED_SOFTMAX = -math.log(np.finfo(np.float32).tiny)  # 87.3365
-MAX_POINTS = 30  # longer curves are the curve detectors' to judge
 MIN_POINTS = 3
 
 
@@ -70,13 +70,30 @@ def detect_short_loss(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis
     c = ss.curve("loss")
     if c is None or len(c) < MIN_POINTS or ss.is_rl:
         return []
-    found = _signatures(c)
-    if found or len(c) > MAX_POINTS:
+    found = _signatures(c, ss)
+    if found or len(c) >= limits.excerpt_points:  # longer curves are the curve detectors' to judge
         return found
     return _shape(c, ss)
 
 
-def _signatures(c: Curve) -> list[Hypothesis]:
+def _duplicated_records(c: Curve, ss: SeriesSet, k: int) -> bool:
+    """Whether the last k points are one record printed k times (several hosts or ranks echoing one line):
+    every other series logged at those steps holds still too, or the steps themselves repeat."""
+    steps = c.steps[-k:]
+    if len(set(steps.tolist())) < k:
+        return True
+    others = [ss.curve(name) for name in ss.series if name != c.name]
+    moving = False
+    for other in others:
+        if other is None:
+            continue
+        at = other.values[np.isin(other.steps, steps)]
+        if len(at) >= 2 and not all(_same(float(x), float(at[0])) for x in at):
+            moving = True
+    return bool(others) and not moving and any(o is not None and np.isin(o.steps, steps).sum() >= 2 for o in others)
+
+
+def _signatures(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
     v = c.values
     n = len(v)
     saturated = np.abs(v - SATURATED_SOFTMAX) <= 0.002
@@ -89,6 +106,8 @@ def _signatures(c: Curve) -> list[Hypothesis]:
             evidence(c, text, "loss within 0.002 of 87.3365 (saturated softmax)", step=first, value=float(v[-1]))],
             first)]
     k = _exact_tail(v)
+    if k >= MIN_POINTS and _duplicated_records(c, ss, k):
+        return []
     if k >= MIN_POINTS and _same(float(v[-1]), 0.0):
         first = c.step_at(n - k)
         return [hypothesis("vanishing_gradients", _conf(0.5, k, 1.0, 0.75), [evidence(
@@ -144,12 +163,13 @@ def _shape(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
     gain = (first - last) / scale
     chance = _chance_level(last)
     spread = float(np.ptp(v)) / max(abs(median(v)), 1e-12)
-    if chance is not None and abs(gain) < 0.02:
+    flat = abs(trend(v)) < 0.5 and not _duplicated_records(c, ss, n)
+    if chance is not None and abs(gain) < 0.02 and spread < 0.02 and flat:
         return [hypothesis("plateau", _conf(0.45, n, 1.0, 0.75), [evidence(
             c, f"{c.label} stays at {fmt(last)} = ln({chance}) over the {n} points shown: the model predicts "
                "uniformly, at chance", "loss within 1% of ln(C) for a common class count, < 2% change",
             value=last)])]
-    if n >= 4 and spread < 0.005:
+    if n >= 4 and spread < 0.005 and flat:
         return [hypothesis("plateau", _conf(0.35, n, 0.8, 0.65), [evidence(
             c, f"{c.label} does not move: {fmt(float(v.min()))}-{fmt(float(v.max()))} over the {n} points shown",
             "range under 0.5% of the level at >= 4 points", value=last)])]

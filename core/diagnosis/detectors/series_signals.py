@@ -339,18 +339,41 @@ def detect_throughput(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis
         typical = median(body)
         stalls = body > limits.stall_multiple * typical if slower_when == "higher" else body < typical / limits.stall_multiple
         share = float(np.mean(stalls))
-        if share >= limits.stall_share:
+        # Stalls are the exception: when a third of the steps "stall", the times are two kinds of line, not stalls.
+        if share >= limits.stall_share and int(stalls.sum()) >= 2 and share <= 0.3:
             items.append(evidence(c, f"{int(stalls.sum())} of {len(body)} steps ({100 * share:.0f}%) stall at "
                                      f"{limits.stall_multiple:g}x the typical {name.replace('_', ' ')}{note}: periodic "
                                      "sync points or data-loader waits",
                                   f"{name} beyond {limits.stall_multiple:g}x its median on >= "
                                   f"{100 * limits.stall_share:g}% of steps", value=share))
             confidence = max(confidence, 0.6)
+    data_bound = _data_loading_share(ss, limits)
+    if data_bound is not None:
+        items.append(data_bound[0])
+        confidence = max(confidence, data_bound[1])
     if not items:
         return []
     if len(items) > 1:
         confidence = min(0.9, confidence + 0.05 * (len(items) - 1))
-    return [hypothesis("slow_throughput", confidence, items, None)]
+    return [hypothesis("slow_throughput", confidence, items, None,
+                       catalogue_cause("slow_throughput", "data loading") if data_bound else None)]
+
+
+def _data_loading_share(ss: SeriesSet, limits: Limits) -> tuple[Evidence, float] | None:
+    """Data time against step time (mmcv, detectron2, timm print both): the step mostly waits for the loader."""
+    data, step = ss.curve("data_time"), ss.curve("step_time")
+    if data is None or step is None or len(data) < 3 or len(step) < 3:
+        return None
+    d, s = median(data.values[1:]), median(step.values[1:])  # the first step also waits for workers to start
+    if s <= 0 or d <= 0:
+        return None
+    share = d / s
+    if share < limits.data_time_share:
+        return None
+    text = (f"data loading takes {fmt(d)} of each {fmt(s)} step ({100 * share:.0f}%): the model waits for the "
+            "data loader")
+    return (evidence(data, text, f"median data_time / median step_time >= {limits.data_time_share:g}", value=share),
+            min(0.85, 0.55 + 0.5 * (share - limits.data_time_share)))
 
 
 SIGNAL_DETECTORS = (detect_grad_norm, detect_update_ratio, detect_policy_health, detect_rank_collapse,
