@@ -393,6 +393,12 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
         from ml_debug_mcp.core.diagnosis.detectors.error_text import detect_errors
 
         found += detect_errors(error_text, log_path=log_path, code_path=code_arg)
+    pasted = [text for text in (tail_text, error_text) if text and text.strip()]
+    if pasted:
+        from ml_debug_mcp.core.diagnosis.detectors.generated_text import detect_generated_text
+
+        for text in pasted:
+            found += detect_generated_text(text)
     if code_path is not None:
         from ml_debug_mcp.core.diagnosis.detectors.code_scan import code_hypotheses, scan_code
 

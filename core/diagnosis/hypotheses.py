@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId
 
-EvidenceKind = Literal["metric", "error", "log_line", "code", "gpu", "process", "summary", "missing"]
+EvidenceKind = Literal["metric", "error", "log_line", "code", "gpu", "process", "summary", "missing", "output"]
 
 
 class Evidence(BaseModel):

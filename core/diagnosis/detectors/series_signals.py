@@ -362,8 +362,8 @@ def detect_throughput(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis
 def _data_loading_share(ss: SeriesSet, limits: Limits) -> tuple[Evidence, float] | None:
     """Data time against step time (mmcv, detectron2, timm print both): the step mostly waits for the loader."""
     data, step = ss.curve("data_time"), ss.curve("step_time")
-    if data is None or step is None or len(data) < 3 or len(step) < 3:
-        return None
+    if data is None or step is None or len(data) < 4 or len(step) < 4:
+        return None  # the first logging intervals also wait for the workers to start: a trend needs a few more
     d, s = median(data.values[1:]), median(step.values[1:])  # the first step also waits for workers to start
     if s <= 0 or d <= 0:
         return None

@@ -1,0 +1,174 @@
+"""The detectors for what people paste: family phrases, short series, generated samples.
+
+Each rule fires on its pathology and stays quiet on the healthy text next to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ml_debug_mcp.core.diagnosis.classify import classify, classify_text
+from ml_debug_mcp.core.diagnosis.detectors.error_text import FAMILY_CONFIDENCE, detect_errors
+from ml_debug_mcp.core.diagnosis.detectors.generated_text import detect_generated_text
+from ml_debug_mcp.core.diagnosis.detectors.series_checks import detect_series
+from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder
+
+
+def series_log(**curves: list[float]) -> ParsedLog:
+    built = []
+    for name, values in curves.items():
+        b = SeriesBuilder(name)
+        for i, v in enumerate(values):
+            b.add(float(i), v)
+        built.append(b.build())
+    return ParsedLog(format="test", series=built)
+
+
+def failures(parsed: ParsedLog) -> dict[str, float]:
+    return {h.failure: h.confidence for h in detect_series(parsed)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Error text: the second tier names the family when no precise rule reads the message
+
+@pytest.mark.parametrize("text, family", [
+    ("RuntimeError: NPU out of memory. Tried to allocate 386.00 MiB (NPU 2; 60.97 GiB total capacity)", "oom"),
+    ("Out of memory error on GPU 0. Cannot allocate 80.000000MB memory on GPU 0", "oom"),
+    ("RuntimeError: Malloc for kernel output failed, Memory isn't enough, node:Def", "oom"),
+    ("[rank3]:[E1002 ProcessGroupNCCL.cpp:756] Work WorkNCCL(SeqNum=2521, OpType=ALLREDUCE) timed out in blocking wait.",
+     "distributed_hang"),
+    ('"message": "RendezvousTimeoutError: "', "distributed_hang"),
+    ("TypeError: dot_general requires contracting dimensions to have the same shape, got (1041,) and (1029,).",
+     "shape_mismatch"),
+    ("ValueError: Input 0 of layer dense_30 is incompatible with the layer: expected axis -1 of input shape",
+     "shape_mismatch"),
+    ("TypeError: x and y must have the same dtype, got tf.float32 != tf.int32", "dtype_mismatch"),
+    ("RuntimeError: Tensor for 'out' is on CPU, Tensor for argument #1 'self' is on CPU, but expected them to be on GPU",
+     "device_mismatch"),
+    ("block: [0,0,0], thread: [455,0,0] Assertion `t >= 0 && t < n_classes` failed on the GPU", "cuda_assert"),
+    ("FloatingPointError: Loss became infinite or NaN at iteration=27!", "nan_loss"),
+])
+def test_a_family_phrase_never_yields_nothing(text: str, family: str):
+    found = {h.failure: h for h in detect_errors(text)}
+    assert family in found, found
+    h = found[family]
+    assert h.confidence >= FAMILY_CONFIDENCE - 1e-9
+    if h.confidence == FAMILY_CONFIDENCE:  # the second tier says what it could not read
+        assert "could not be read" in h.evidence[0].text
+
+
+@pytest.mark.parametrize("text", [
+    "| epoch 001: 100 / 12603 loss=14.481, oom=0.000, loss_scale=16.000, wall=868",
+    '{"epoch": 1, "loss": "6.5", "oom": "0", "wall": "300"}',
+    "autocast on: mat1 and mat2 are float16, same dtype; /dev/shm has 16 GB of shared memory",
+    "NCCL INFO Bootstrap : Using eth0:10.0.0.1<0>",
+    "Epoch 3/10 - loss: 0.4123 - accuracy: 0.8812 - val_loss: 0.4420",
+])
+def test_healthy_lines_name_no_family(text: str):
+    assert detect_errors(text) == []
+
+
+def test_the_precise_rule_still_comes_first_with_its_numbers():
+    (h,) = detect_errors("**RuntimeError: CUDA out of memory.** Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total "
+                         "capacity; 13.10 GiB already allocated)")
+    assert h.failure == "oom" and h.confidence > 0.9 and "2.00 GiB" in h.evidence[0].text
+
+
+def test_a_wrapped_message_is_read_whole():
+    (h,) = detect_errors("RuntimeError: CUDA out of\nmemory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total "
+                         "capacity; 13.10 GiB already allocated)")
+    assert h.failure == "oom" and h.confidence > 0.9 and h.evidence[0].line_no == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Short series and signature values
+
+def test_a_jump_that_stays_up_is_divergence_from_nine_points():
+    found = failures(series_log(loss=[1.70, 11.46, 11.75, 11.50, 11.48, 12.19, 10.02, 10.94, 10.55]))
+    assert max(found, key=found.get) == "divergence" and found["divergence"] >= 0.6
+
+
+def test_a_spike_that_recovers_is_a_spike():
+    found = failures(series_log(loss=[0.74, 0.65, 51090.0, 30.8, 0.9, 0.7]))
+    assert "loss_spike" in found and "divergence" not in found
+
+
+def test_the_saturated_softmax_value_marks_a_diverged_run():
+    found = failures(series_log(loss=[3.3, 3.1, 87.3365, 87.3365, 87.3365]))
+    assert "divergence" in found and found["divergence"] >= 0.7
+
+
+def test_a_loss_pinned_at_ln_c_or_repeated_exactly_is_a_plateau():
+    assert "plateau" in failures(series_log(loss=[2.3026, 2.3026, 2.3026, 2.3026]))
+    assert "plateau" in failures(series_log(loss=[1535.6199, 1535.6196, 1535.6199, 1535.6196, 1535.6199]))
+
+
+def test_an_exactly_zero_loss_carries_no_gradient():
+    assert "vanishing_gradients" in failures(series_log(loss=[0.1, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_a_falling_excerpt_is_healthy_with_a_confidence_that_grows_with_points():
+    three = failures(series_log(loss=[4.26, 3.22, 2.77]))
+    ten = failures(series_log(loss=[4.26, 3.22, 2.77, 2.61, 2.53, 2.50, 2.47, 2.44, 2.41, 2.39]))
+    assert set(three) == {"healthy"} and set(ten) == {"healthy"}
+    assert three["healthy"] < ten["healthy"] < 0.8
+
+
+def test_a_noisy_late_window_is_neither_plateau_nor_alarm():
+    found = failures(series_log(loss=[4.09, 3.74, 3.98, 3.87, 3.99, 3.77, 3.88, 3.68, 3.92, 3.68, 3.97]))
+    assert set(found) == {"healthy"} and found["healthy"] < 0.5
+
+
+def test_one_record_echoed_by_several_hosts_is_no_exact_repeat():
+    parsed = series_log(loss=[1.8673, 1.8673, 1.8673, 1.8673], lr=[5e-5, 5e-5, 5e-5, 5e-5])
+    assert "plateau" not in failures(parsed)
+
+
+def test_data_loading_that_fills_the_step_is_slow_throughput():
+    slow = failures(series_log(loss=[2.0, 1.9, 1.8, 1.7, 1.6], data_time=[0.9, 0.8, 0.85, 0.9, 0.88],
+                               step_time=[1.2, 1.1, 1.15, 1.2, 1.18]))
+    fast = failures(series_log(loss=[2.0, 1.9, 1.8, 1.7, 1.6], data_time=[0.01, 0.004, 0.005, 0.004, 0.004],
+                               step_time=[1.2, 1.1, 1.15, 1.2, 1.18]))
+    assert slow.get("slow_throughput", 0) >= 0.55 and "slow_throughput" not in fast
+
+
+# ------------------------------------------------------------------------------------------------
+# Generated samples
+
+def test_the_same_sample_again_and_again_is_mode_collapse():
+    (h,) = detect_generated_text("> the film is a lot of .\n> the film is a movie .\n> the film is a lot of .\n"
+                                 "> the film is a lot of .\n> the film is a lot of .\n")
+    assert h.failure == "mode_collapse" and h.evidence[0].value >= 0.6 and "repetition rate" in h.evidence[0].text
+
+
+def test_one_token_repeated_is_mode_collapse():
+    (h,) = detect_generated_text("Q: god\nA: I n't n't n't n't.\n\nQ: who are you?\nA: I n't n't n't n't.\n")
+    assert h.failure == "mode_collapse"
+
+
+def test_identical_embedding_rows_are_rank_collapse():
+    text = "tensor([[-59.7394,   1.0199,   0.6965],\n" + "        [-59.7394,   1.0199,   0.6965],\n" * 4
+    (h,) = detect_generated_text(text)
+    assert h.failure == "rank_collapse"
+
+
+def test_varied_samples_and_repeated_log_lines_are_not_collapse():
+    varied = ("Generated: a man riding a wave on top of a surfboard\nGenerated: two dogs playing in the snow\n"
+              "Generated: a plate of food with broccoli and rice\nGenerated: a red bus parked on the street\n")
+    logged = "INFO:tensorflow:Recording summary at step 0.\n" * 4 + "UserWarning: the weights were not initialised\n" * 4
+    assert detect_generated_text(varied) == []
+    assert detect_generated_text(logged) == []
+
+
+def test_pasted_samples_reach_the_diagnosis():
+    d = classify_text("epoch 9 samples:\n" + "the the the the the the\n" * 5)
+    assert d.hypotheses and d.hypotheses[0].failure == "mode_collapse"
+
+
+def test_error_text_that_is_really_a_log_excerpt_is_read_for_its_metrics():
+    d = classify(error_text="\n".join(f"iter {i} step 1: loss {v}" for i, v in
+                                       enumerate([1.7019, 11.463, 11.7545, 11.5019, 11.4807, 12.1935])))
+    assert d.hypotheses and d.hypotheses[0].failure == "divergence"
+    assert math.isfinite(d.hypotheses[0].confidence)
