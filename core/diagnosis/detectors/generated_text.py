@@ -21,6 +21,7 @@ MIN_SAMPLES = 3
 _SAMPLE_PREFIX = re.compile(r"^\s*(?:\d{1,4}\s*[,.:)\]-]\s*|(?:[A-Za-z][\w ]{0,24}|Q|A)\s*[:>]\s+|[-*>]+\s+)")
 _LOG_MARKERS = re.compile(r"Traceback|File \"|Error|Warning|warn|http|\[INFO|INFO|DEBUG|it/s|s/it|%\||==|\|\s|"
                           r"\b(?:loss|epoch|step|iter|lr|acc)\b\s*[:=]|\b(?:step|epoch|iter(?:ation)?) \d", re.I)
+_CODE_LIKE = re.compile(r"\w[/\\_]\w|\w\.\w|=|#\d|\w\(|::|->|\[\d|\{")
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|<\w+>")
 _EMPTY_OUTPUT = re.compile(r"""^\s*(?:[\w ]{0,30}[:=]\s*)?\[*\s*(?:''|""|\[\s*\])\s*\]*\s*,?\s*$"""
                            r"|=>\s*,\s*gt\s*:|\bpred(?:iction|icted)?s?\s*[:=]\s*(?:''|\"\"|,|$)", re.I)
@@ -37,10 +38,12 @@ def _samples(lines: list[str], raw: list[str]) -> list[tuple[int, str]]:
         body = _SAMPLE_PREFIX.sub("", line, count=1).strip()
         if len(body) < 2 or _LOG_MARKERS.search(line) or _LOG_MARKERS.search(written):
             continue
+        if _CODE_LIKE.search(body):
+            continue  # paths, identifiers, assignments and call syntax are program text, not output
         words = _WORD.findall(body)
-        letters = sum(ch.isalpha() for ch in body)
+        letters = sum(ch.isalpha() or ch == "'" for ch in body)
         digits = sum(ch.isdigit() for ch in body)
-        if len(words) >= 2 and letters >= 0.55 * len(body.replace(" ", "")) and digits <= 0.15 * len(body):
+        if len(words) >= 3 and letters >= 0.7 * len(body.replace(" ", "")) and digits <= 0.1 * len(body):
             out.append((number, " ".join(body.lower().split())))
     return out
 
