@@ -122,7 +122,7 @@ def test_a_noisy_late_window_is_neither_plateau_nor_alarm():
 
 
 def test_one_record_echoed_by_several_hosts_is_no_exact_repeat():
-    parsed = series_log(loss=[1.8673, 1.8673, 1.8673, 1.8673], lr=[5e-5, 5e-5, 5e-5, 5e-5])
+    parsed = series_log(loss=[1.8673, 1.8673, 1.8673, 1.8673], epoch=[0.0, 0.0, 0.0, 0.0])
     assert "plateau" not in failures(parsed)
 
 
@@ -172,3 +172,15 @@ def test_error_text_that_is_really_a_log_excerpt_is_read_for_its_metrics():
                                        enumerate([1.7019, 11.463, 11.7545, 11.5019, 11.4807, 12.1935])))
     assert d.hypotheses and d.hypotheses[0].failure == "divergence"
     assert math.isfinite(d.hypotheses[0].confidence)
+
+
+def test_a_loss_frozen_across_epochs_is_a_plateau_even_with_its_accuracy_frozen_too():
+    parsed = series_log(loss=[5.7178, 5.7257, 5.7257, 5.7257, 5.7257], accuracy=[0.6446, 0.6448, 0.6448, 0.6448, 0.6448])
+    assert "plateau" in failures(parsed)
+
+
+def test_an_eval_loss_that_never_moves_while_the_train_loss_falls_is_overfitting():
+    stuck = series_log(loss=[2.31, 2.05, 1.96, 1.94, 1.88, 1.83], eval_loss=[1.799, 1.861, 1.820, 1.803, 1.820, 1.796])
+    learning = series_log(loss=[2.31, 2.05, 1.96, 1.94, 1.88, 1.83], eval_loss=[1.80, 1.70, 1.62, 1.55, 1.50, 1.46])
+    assert "overfitting" in failures(stuck)
+    assert "overfitting" not in failures(learning)

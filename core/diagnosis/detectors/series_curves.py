@@ -463,6 +463,22 @@ def _percent_scale(c: Curve) -> float:
     return 100.0 if float(np.max(c.values)) > 1.5 else 1.0
 
 
+def _eval_stuck(ev: Curve, tr: Curve, limits: Limits) -> list[Evidence]:
+    """The train loss falls, the eval loss does not move: the model memorises what it trains on."""
+    e_first, e_last, e_min = float(ev.values[0]), float(ev.values[-1]), float(ev.values.min())
+    t_first, t_last = float(tr.values[0]), float(tr.values[-1])
+    if e_first <= 0 or t_first <= 0:
+        return []
+    flat = abs(e_last - e_first) / e_first < limits.plateau_improvement and e_min >= (1 - 2 * limits.plateau_improvement) * e_first
+    falling = (t_first - t_last) / t_first >= 0.15
+    if not (flat and falling):
+        return []
+    return [evidence(ev, f"the train loss fell {fmt(t_first)} -> {fmt(t_last)} while the eval loss stayed at "
+                         f"{fmt(e_first)} -> {fmt(e_last)} over {len(ev)} evaluations: what is learned does not "
+                         "carry to held-out data", f"train loss -15% or more, eval loss within "
+                         f"{100 * limits.plateau_improvement:g}% of its start", value=e_last)]
+
+
 def detect_overfitting(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
     """Eval loss turning up while the train loss keeps falling; train/eval accuracy gap over 5%."""
     items: list[Evidence] = []
@@ -504,6 +520,9 @@ def detect_overfitting(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesi
                             confidence = 0.4
                 items.append(evidence(ev, text, f"3-point centred median of eval loss; tail > (1 + "
                                                 f"{limits.overfit_eval_rise:g}) x minimum", step=onset, value=tail))
+    if not items and ev is not None and tr is not None and len(ev) >= 4 and len(tr) >= 4 and not ss.is_rl:
+        items += _eval_stuck(ev, tr, limits)
+        confidence = 0.55 if items else confidence
     acc, eacc = ss.curve("accuracy"), ss.curve("eval_accuracy")
     if acc is not None and eacc is not None and len(acc) >= 3:
         scale = _percent_scale(acc)

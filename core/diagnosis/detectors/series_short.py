@@ -76,21 +76,23 @@ def detect_short_loss(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis
     return _shape(c, ss)
 
 
+PROGRESS_SERIES = ("epoch", "step", "global_step", "iteration", "num_updates", "consumed_samples", "tokens", "time")
+
+
 def _duplicated_records(c: Curve, ss: SeriesSet, k: int) -> bool:
     """Whether the last k points are one record printed k times (several hosts or ranks echoing one line):
-    every other series logged at those steps holds still too, or the steps themselves repeat."""
+    the steps repeat, or a progress counter logged with them (epoch, global step...) stands still."""
     steps = c.steps[-k:]
     if len(set(steps.tolist())) < k:
         return True
-    others = [ss.curve(name) for name in ss.series if name != c.name]
-    moving = False
-    for other in others:
-        if other is None:
+    for name in PROGRESS_SERIES:
+        counter = ss.curve(name)
+        if counter is None:
             continue
-        at = other.values[np.isin(other.steps, steps)]
-        if len(at) >= 2 and not all(_same(float(x), float(at[0])) for x in at):
-            moving = True
-    return bool(others) and not moving and any(o is not None and np.isin(o.steps, steps).sum() >= 2 for o in others)
+        at = counter.values[np.isin(counter.steps, steps)]
+        if len(at) >= 2 and all(_same(float(x), float(at[0])) for x in at):
+            return True
+    return False
 
 
 def _signatures(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
