@@ -184,3 +184,34 @@ def test_an_eval_loss_that_never_moves_while_the_train_loss_falls_is_overfitting
     learning = series_log(loss=[2.31, 2.05, 1.96, 1.94, 1.88, 1.83], eval_loss=[1.80, 1.70, 1.62, 1.55, 1.50, 1.46])
     assert "overfitting" in failures(stuck)
     assert "overfitting" not in failures(learning)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: a clear answer, never a crash or a silent nothing
+
+@pytest.mark.parametrize("text", ["", "   \n\n", "\x00\x01\x02\xff\xfe" * 4000, "训练的时候模型一切正常，没有报错。\n" * 50,
+                                  "I trained the model overnight on my laptop.\nIt finished without any message.\n"
+                                  "Should I expect the accuracy to go higher with more data?\n"])
+def test_no_evidence_is_said_with_what_to_pass(text: str):
+    d = classify(error_text=text)
+    assert d.hypotheses == []
+    assert "no evidence for any failure" in d.summary and d.needs_more_evidence
+    assert any("pass" in note for note in d.needs_more_evidence)
+
+
+def test_binary_text_is_named_binary():
+    d = classify(error_text="\x00\x01\x02\x03\x04\x05\xff\xfe" * 4000)
+    assert any("binary" in note for note in d.needs_more_evidence)
+
+
+def test_a_huge_paste_is_read_from_its_end_and_says_so():
+    d = classify(error_text="x" * 9_000_000 + "\nRuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert d.hypotheses[0].failure == "oom"
+    assert any("only its last" in note for note in d.input_notes)
+
+
+def test_several_runs_in_one_log_are_judged_by_the_last():
+    healthy = "\n".join(f"step {i}: loss {3.0 - 0.02 * i:.3f}" for i in range(0, 100, 5))
+    d = classify_text(healthy + "\n" + healthy)
+    assert d.hypotheses[0].failure == "healthy"
+    assert any("2 runs" in note for note in d.input_notes)

@@ -19,13 +19,14 @@ from typing import Any
 from ml_debug_mcp.core.diagnosis.catalogue import failure_info
 from ml_debug_mcp.core.diagnosis.compare import target_metric
 from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothesis, NextStep, confidence_text
-from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name
+from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name, last_run
 
 CONFIRMED = 0.8  # at or above: the diagnosis stands; below: say what evidence is missing
 HEALTHY_VETO = 0.5  # a failure this confident rules out calling the run healthy
 MAX_EVIDENCE = 10
 SECONDARY_WEIGHT = 0.5  # how much an agreeing independent signal counts in the noisy-OR
 MAX_INPUT_NOTES = 5  # parser and code-scan notes passed on with a diagnosis
+MAX_PASTE_CHARS = 8_000_000  # pasted error_text beyond this is read from its end
 
 # A mechanism and the curve symptom it produces: when both fire, the mechanism ranks first.
 EXPLAINS: dict[str, tuple[str, ...]] = {
@@ -283,10 +284,12 @@ def _closing_steps(h: Hypothesis, log_path: str | None, available: set[str]) -> 
 
 
 def _missing_evidence(top: Hypothesis | None, parsed: ParsedLog | None, log_path: str | None,
-                      had_errors: bool, had_code: bool) -> list[str]:
+                      had_errors: bool, had_code: bool, pasted_binary: bool = False) -> list[str]:
     available = set(parsed.names) if parsed is not None else set()
     notes: list[str] = []
     if top is None:
+        if pasted_binary:
+            notes.append("The text looks binary (mostly non-text bytes): pass the training log or the traceback as text.")
         if not available:
             notes.append("No metric series were found" + (f" ({'; '.join(parsed.warnings)})" if parsed and parsed.warnings
                                                           else "") + ": pass a training log with loss values (any "
@@ -314,9 +317,16 @@ def _missing_evidence(top: Hypothesis | None, parsed: ParsedLog | None, log_path
     return notes
 
 
+def _looks_binary(text: str) -> bool:
+    sample = text[:4096]
+    odd = sum(1 for ch in sample if (ord(ch) < 32 and ch not in "\n\r\t") or 0x7f <= ord(ch) < 0xa0 or ch == "\ufffd")
+    return odd > 0.1 * len(sample)
+
+
 def _summary(ranked: list[Hypothesis], notes: list[str]) -> str:
     if not ranked:
-        return "Not enough evidence to classify this run. " + (notes[0] if notes else "")
+        return "Not enough evidence to classify this run: no evidence for any failure in what was given. " + (
+            notes[0] if notes else "")
     top = ranked[0]
     info = failure_info(top.failure)
     lead = top.evidence[0].text if top.evidence else info.description
@@ -377,13 +387,22 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     from ml_debug_mcp.core.diagnosis.detectors.series_checks import detect_series
 
     parsed = _merge_parsed(parsed, parsed_from_series(series) if series else None)
+    paste_note = None
+    if error_text and len(error_text) > MAX_PASTE_CHARS:
+        paste_note = (f"error_text is {len(error_text) / 1e6:.0f} MB: only its last {MAX_PASTE_CHARS // 1_000_000} MB "
+                      "were read (errors and the latest metrics sit at the end); pass the file as log_path to read it all.")
+        error_text = error_text[-MAX_PASTE_CHARS:]
     if parsed is None and error_text and error_text.strip():
         pasted = parse_safely(text=error_text)  # pasted text is often a log excerpt: read its metric lines too
         parsed = pasted if pasted.series else None
     code_arg = str(code_path) if code_path is not None else None
     found: list[Hypothesis] = []
-    input_notes: list[str] = []
+    input_notes: list[str] = [paste_note] if paste_note else []
     if parsed is not None:
+        parsed, runs = last_run(parsed)
+        if runs > 1:
+            input_notes.append(f"The log holds {runs} runs one after another (the step count starts again): only the "
+                               "last run's curves were judged; pass one run's log to judge another.")
         found += detect_series(parsed)
     blocks = list(error_blocks)
     found += _error_hypotheses(blocks, log_path, code_arg)
@@ -418,7 +437,8 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     if top is not None and top.failure != "healthy" and top.confidence >= CONFIRMED:
         top.next_steps += _closing_steps(top, log_path, available)
     had_errors = bool(blocks) or bool(error_text and error_text.strip())
-    notes = _missing_evidence(top, parsed, log_path, had_errors, code_path is not None)
+    binary = bool(error_text) and _looks_binary(error_text)
+    notes = _missing_evidence(top, parsed, log_path, had_errors, code_path is not None, binary)
     input_notes += parsed.warnings[:MAX_INPUT_NOTES] if parsed is not None else []
     return Diagnosis(hypotheses=ranked, summary=_summary(ranked, notes), needs_more_evidence=notes,
                      input_notes=input_notes)

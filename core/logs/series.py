@@ -430,3 +430,33 @@ class ParsedLog(BaseModel):
     @property
     def ranks(self) -> list[int]:
         return sorted({s.rank for s in self.series if s.rank is not None})
+
+
+def _restarts(steps: list[float]) -> list[int]:
+    """Indices where the step count starts again from (near) the beginning: a new run appended to the log."""
+    first = steps[0] if steps else 0.0
+    return [i for i in range(1, len(steps))
+            if steps[i] < steps[i - 1] and steps[i] - first <= 0.1 * (steps[i - 1] - first)]
+
+
+def last_run(parsed: ParsedLog, anchor: str = "loss") -> tuple[ParsedLog, int]:
+    """(the log's last run only, how many runs it holds), told apart by the `anchor` series' step restarts.
+
+    A paste or a log file that holds several runs one after another (a restart, a second experiment
+    appended) would otherwise read as one curve with a cliff at each restart.
+    """
+    main = next((s for s in parsed.series if s.name == anchor), None)
+    if main is None or not _restarts(main.steps):
+        return parsed, 1
+    runs = len(_restarts(main.steps)) + 1
+    kept = []
+    for s in parsed.series:
+        cuts = _restarts(s.steps)
+        if not cuts:
+            kept.append(s)
+            continue
+        builder = SeriesBuilder(s.name, rank=s.rank)
+        for step, value in zip(s.steps[cuts[-1]:], s.values[cuts[-1]:]):
+            builder.add(step, math.nan if value is None else value)
+        kept.append(builder.build())
+    return parsed.model_copy(update={"series": kept}), runs

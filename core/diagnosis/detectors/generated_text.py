@@ -21,6 +21,8 @@ MIN_SAMPLES = 3
 _SAMPLE_PREFIX = re.compile(r"^\s*(?:\d{1,4}\s*[,.:)\]-]\s*|(?:[A-Za-z][\w ]{0,24}|Q|A)\s*[:>]\s+|[-*>]+\s+)")
 _LOG_MARKERS = re.compile(r"Traceback|File \"|Error|Warning|warn|http|\[INFO|INFO|DEBUG|it/s|s/it|%\||==|\|\s|"
                           r"\b(?:loss|epoch|step|iter|lr|acc)\b\s*[:=]|\b(?:step|epoch|iter(?:ation)?) \d", re.I)
+_GENERATION_CONTEXT = re.compile(r"predict|generat|output|response|answer|sample|decod|transcri|caption|"
+                                 r"^\s*(?:Q|A|User|Assistant|Bot|Human)\s*:|^\s*>", re.I | re.M)
 _CODE_LIKE = re.compile(r"\w[/\\_]\w|\w\.\w|=|#\d|\w\(|::|->|\[\d|\{")
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|<\w+>")
 _EMPTY_OUTPUT = re.compile(r"""^\s*(?:[\w ]{0,30}[:=]\s*)?\[*\s*(?:''|""|\[\s*\])\s*\]*\s*,?\s*$"""
@@ -106,7 +108,7 @@ def _identical_quoted(lines: list[str]) -> Evidence | None:
 
 def _empty_outputs(lines: list[str]) -> Evidence | None:
     empty = [n for n, line in enumerate(lines, 1) if _EMPTY_OUTPUT.match(line)]
-    context = re.search(r"predict|generat|output|response|answer|sample|decod|transcri", "\n".join(lines), re.I)
+    context = _GENERATION_CONTEXT.search("\n".join(lines))
     if not empty or context is None:
         return None
     return Evidence(kind="output", text=f"{len(empty)} generated output(s) are empty strings", line_no=empty[0],
@@ -155,7 +157,10 @@ def detect_generated_text(text: str) -> list[Hypothesis]:
     if len(samples) >= MIN_SAMPLES:
         repeated = _repeated_samples(samples)
         if repeated is not None:
-            add("mode_collapse", min(0.85, 0.55 + 0.4 * (repeated.value - 0.5) + 0.03 * len(samples)), repeated)
+            confidence = min(0.85, 0.55 + 0.4 * (repeated.value - 0.5) + 0.03 * len(samples))
+            if _GENERATION_CONTEXT.search(text) is None:
+                confidence = min(confidence, 0.5)  # repeated prose, with nothing saying it was generated
+            add("mode_collapse", confidence, repeated)
     tokens = _repeated_tokens(samples)
     if tokens is not None:
         add("mode_collapse", 0.7, tokens)
