@@ -215,3 +215,9 @@ def test_several_runs_in_one_log_are_judged_by_the_last():
     d = classify_text(healthy + "\n" + healthy)
     assert d.hypotheses[0].failure == "healthy"
     assert any("2 runs" in note for note in d.input_notes)
+
+
+def test_a_gan_whose_discriminator_wins_outright_starves_the_generator():
+    won = failures(series_log(d_loss=[14.96, 14.68, 14.60, 14.7], g_loss=[2.3e-5, 2.2e-4, 2.0e-4, 1e-4]))
+    balanced = failures(series_log(d_loss=[0.69, 0.65, 0.70, 0.66], g_loss=[1.2, 1.4, 1.1, 1.3]))
+    assert "vanishing_gradients" in won and "vanishing_gradients" not in balanced

@@ -9,6 +9,7 @@ pinned at its clamp, an inactive KL term).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from ml_debug_mcp.core.diagnosis.detectors.series_common import (
@@ -376,5 +377,29 @@ def _data_loading_share(ss: SeriesSet, limits: Limits) -> tuple[Evidence, float]
             min(0.85, 0.55 + 0.5 * (share - limits.data_time_share)))
 
 
+_DISCRIMINATOR = re.compile(r"^(?:d|disc|discriminator|netd)_?loss|^loss_?(?:d|disc|discriminator)$", re.I)
+_GENERATOR = re.compile(r"^(?:g|gen|generator|netg)_?loss|^loss_?(?:g|gen|generator)$", re.I)
+GAN_SATURATED = 1e-3  # one player's loss under this while the other's is large: it has won outright
+
+
+def detect_gan_balance(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
+    """A GAN whose discriminator (or generator) wins outright: its loss ~0, the other's large. The losing
+    side gets saturated, vanishing gradients, and the generator often collapses to a few outputs."""
+    d = next((ss.curve(n) for n in ss.series if _DISCRIMINATOR.match(n)), None)
+    g = next((ss.curve(n) for n in ss.series if _GENERATOR.match(n)), None)
+    if d is None or g is None or min(len(d), len(g)) < 2:
+        return []
+    for winner, loser in ((d, g), (g, d)):
+        won, lost = median(winner.tail(5)), median(loser.tail(5))
+        if abs(won) <= GAN_SATURATED and lost >= 1.0:
+            side = "discriminator" if winner is d else "generator"
+            text = (f"{winner.label} is {fmt(won)} while {loser.label} is {fmt(lost)}: the {side} wins outright, so "
+                    "the other network's gradients saturate and vanish")
+            n = min(len(d), len(g))
+            return [hypothesis("vanishing_gradients", min(0.8, 0.55 + 0.05 * n), [evidence(
+                winner, text, f"median of the last 5: one loss <= {GAN_SATURATED:g}, the other >= 1", value=won)])]
+    return []
+
+
 SIGNAL_DETECTORS = (detect_grad_norm, detect_update_ratio, detect_policy_health, detect_rank_collapse,
-                    detect_throughput)
+                    detect_throughput, detect_gan_balance)
