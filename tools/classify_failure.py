@@ -14,7 +14,7 @@ from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Hypothesis, confid
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors
 
-MAX_TEXT_CHARS = 2_000_000
+MAX_TEXT_CHARS = 128_000_000  # a paste this long is still answered: core reads its last 8 MB and says so
 SeriesArg = dict[str, list[list[float | None]]]
 
 
@@ -105,7 +105,8 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
             "mode_collapse, rank_collapse or healthy. Each has a confidence, evidence (step, value, line, and the "
             "rule with its window and threshold), root causes, fixes with expected effect, and next_steps: the "
             "tool calls that confirm it. Give any of: log_path (metric curves + errors in its tail), log_text, "
-            "error_text (a pasted traceback), series ({name: [[step, value], ...]}), code_path (a training "
+            "error_text (a pasted traceback or log excerpt, as people paste it: markdown, quotes, logger and rank "
+            "prefixes, progress bars and generated samples are all read), series ({name: [[step, value], ...]}), code_path (a training "
             "script, scanned for anti-patterns like .item() in the loop or a missing detach()). Below 0.8 "
             "confidence the result says what evidence is missing. plot=true marks the evidence on the loss curve."
         ),
@@ -114,7 +115,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
     async def classify_failure(
         log_path: Annotated[str | None, Field(description="training log file or run directory inside the roots")] = None,
         log_text: Annotated[str | None, Field(description="log text, when there is no file", max_length=MAX_TEXT_CHARS)] = None,
-        error_text: Annotated[str | None, Field(description="an error message or traceback", max_length=MAX_TEXT_CHARS)] = None,
+        error_text: Annotated[str | None, Field(description="an error message, traceback or pasted log excerpt", max_length=MAX_TEXT_CHARS)] = None,
         code_path: Annotated[str | None, Field(description="the training script (.py or .ipynb) to scan")] = None,
         series: Annotated[SeriesArg | None, Field(description="metric series {name: [[step, value], ...]}; null = NaN")] = None,
         format: Annotated[str | None, Field(description="force a log format id instead of auto-detection")] = None,

@@ -449,9 +449,17 @@ def classify_text(text: str, fmt: str | None = None, *, code_path: Path | None =
     """Classify pasted log text: its metrics and the errors in it (plus any extra evidence given)."""
     from ml_debug_mcp.core.logs.error_blocks import extract_errors_text
 
+    note = None
+    if len(text) > MAX_PASTE_CHARS:
+        note = (f"log_text is {len(text) / 1e6:.0f} MB: only its last {MAX_PASTE_CHARS // 1_000_000} MB were read; "
+                "pass the file as log_path to read it all.")
+        text = text[-MAX_PASTE_CHARS:]
     parsed = parse_safely(text=text, fmt=fmt)
-    return classify(parsed, error_text=error_text, code_path=code_path, series=series,
-                    error_blocks=extract_errors_text(text), tail_text=text)
+    diagnosis = classify(parsed, error_text=error_text, code_path=code_path, series=series,
+                         error_blocks=extract_errors_text(text), tail_text=text)
+    if note:
+        diagnosis.input_notes.insert(0, note)
+    return diagnosis
 
 
 TAIL_LINES_SCANNED = 200  # the last lines also searched for stand-alone error lines
