@@ -51,3 +51,32 @@ def test_the_corpus_is_as_large_and_varied_as_asked():
     styles = Counter(c["paste_style"] for c in cases)
     for style in ("markdown-fence", "table", "progress-bar", "rank-prefix", "logger-prefix", "quoted"):
         assert styles[style] >= 3, style
+
+
+# ------------------------------------------------------------------------------------------------
+# Floors: the dev split (the only one tuned on) and the regression set must not fall back.
+# The sealed test split is scored by `ml-debug-mcp eval --split test`, never asserted on here.
+
+DEV_TOP1_FLOOR = 0.65  # both ways a user hands text over
+REGRESSION_TOP1_FLOOR = 0.99
+CONFIDENT = 0.8  # hypotheses this confident must be right at least this often
+
+
+def test_dev_split_floors_from_log_path_and_from_error_text():
+    from ml_debug_mcp.core.diagnosis.evaluate import evaluate_split, format_split_report
+
+    report = evaluate_split(CORPUS.parent, "dev")
+    by_log, by_text, baseline = report.reports
+    for r in (by_log, by_text):
+        assert r.top1_accuracy >= DEV_TOP1_FLOOR, format_split_report(report, misses=False)
+        assert r.top1_accuracy > baseline.top1_accuracy, "the keyword grep must stay behind"
+        assert r.crashed == 0
+        confident = next(b for b in r.calibration.bands if b.band.startswith("0.8"))
+        assert confident.cases and confident.accuracy >= CONFIDENT, confident
+
+
+def test_regression_set_floor():
+    from ml_debug_mcp.core.diagnosis.evaluate import evaluate, format_report
+
+    report = evaluate(CORPUS.parent)
+    assert report.top1_accuracy >= REGRESSION_TOP1_FLOOR, format_report(report)
