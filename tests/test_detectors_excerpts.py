@@ -118,7 +118,7 @@ def test_a_falling_excerpt_is_healthy_with_a_confidence_that_grows_with_points()
 
 def test_a_noisy_late_window_is_neither_plateau_nor_alarm():
     found = failures(series_log(loss=[4.09, 3.74, 3.98, 3.87, 3.99, 3.77, 3.88, 3.68, 3.92, 3.68, 3.97]))
-    assert set(found) == {"healthy"} and found["healthy"] < 0.5
+    assert set(found) == {"healthy"} and found["healthy"] < 0.6
 
 
 def test_one_record_echoed_by_several_hosts_is_no_exact_repeat():

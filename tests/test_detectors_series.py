@@ -405,7 +405,7 @@ def test_two_points_give_no_verdict_and_three_only_a_tentative_one() -> None:
     assert detect_series(series_log({"loss": [2.0, 1.5]})) == []
     assert detect_series(ParsedLog(format="unknown")) == []
     found = detect_series(series_log({"loss": [2.0, 1.5, 1.2]}))
-    assert [h.failure for h in found] == ["healthy"] and found[0].confidence < 0.5
+    assert [h.failure for h in found] == ["healthy"] and found[0].confidence < 0.6  # tentative: far under 0.8
 
 
 def test_a_flat_loss_is_not_called_healthy() -> None:

@@ -178,7 +178,7 @@ def _shape(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
     if gain >= 0.03 and down_share >= 0.5:
         healthy = [evidence(c, f"{c.label} falls from {fmt(first)} to {fmt(last)} ({100 * gain:.0f}%) over the {n} "
                                "points shown, all finite", "a >= 3% drop, most steps down", value=last)]
-        return [hypothesis("healthy", _conf(0.4, n, gain * 4, 0.7), healthy)]
+        return [hypothesis("healthy", _conf(0.55, n, gain * 4, 0.8), healthy)]
     return []
 
 
