@@ -44,6 +44,9 @@ ONE_OF_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "classify_failure": ("code_path", "log_path", "log_text", "error_text", "series"),
     "analyze_gradients": ("entrypoint", "checkpoint", "stats_path"),
 }
+# Optional in the schema, yet only the agent knows them and the step is worth little without: a
+# regression test run against a stand-in model cannot tell the user's bug from its fix.
+ASK_FOR: dict[str, tuple[str, ...]] = {"create_smoke_test": ("entrypoint",)}
 
 
 class NextStep(BaseModel):
@@ -52,13 +55,14 @@ class NextStep(BaseModel):
     tool: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     why: str
-    missing: list[str] = Field(default_factory=list, description="Required arguments only the agent knows (the "
-                               "re-run's log, the model factory...): fill them in before calling")
+    missing: list[str] = Field(default_factory=list, description="Arguments only the agent knows (the re-run's "
+                               "log, the model factory...): fill them in before calling")
 
     @model_validator(mode="after")
     def _name_missing_arguments(self) -> NextStep:
         """Say which required arguments the server could not fill, so no step is called half-made."""
-        missing = [a for a in REQUIRED_ARGUMENTS.get(self.tool, ()) if a not in self.arguments]
+        wanted = REQUIRED_ARGUMENTS.get(self.tool, ()) + ASK_FOR.get(self.tool, ())
+        missing = [a for a in wanted if a not in self.arguments]
         options = ONE_OF_ARGUMENTS.get(self.tool, ())
         if options and not any(a in self.arguments for a in options):
             missing.append(options[0])
