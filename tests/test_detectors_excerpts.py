@@ -221,3 +221,28 @@ def test_a_gan_whose_discriminator_wins_outright_starves_the_generator():
     won = failures(series_log(d_loss=[14.96, 14.68, 14.60, 14.7], g_loss=[2.3e-5, 2.2e-4, 2.0e-4, 1e-4]))
     balanced = failures(series_log(d_loss=[0.69, 0.65, 0.70, 0.66], g_loss=[1.2, 1.4, 1.1, 1.3]))
     assert "vanishing_gradients" in won and "vanishing_gradients" not in balanced
+
+
+# ------------------------------------------------------------------------------------------------
+# Throughput from pasted tool output
+
+def test_nvidia_smi_at_low_utilisation_with_memory_held_is_slow_throughput():
+    from ml_debug_mcp.core.diagnosis.detectors.throughput_text import detect_throughput_text
+
+    starved = "\n".join(f"| N/A   44C    P0    72W / 300W |   5484MiB / 16130MiB |     {u}%      Default |"
+                        for u in (0, 31, 2, 0, 5))
+    busy = "\n".join(f"| N/A   71C    P0   290W / 300W |  15484MiB / 16130MiB |     {u}%      Default |"
+                     for u in (97, 99, 98))
+    idle = "| N/A   30C    P8    20W / 300W |      0MiB / 16130MiB |      0%      Default |"
+    (h,) = detect_throughput_text(starved)
+    assert h.failure == "slow_throughput" and h.evidence[0].value < 50
+    assert detect_throughput_text(busy) == [] and detect_throughput_text(idle) == []
+
+
+def test_a_throughput_table_that_does_not_scale_is_slow_throughput():
+    from ml_debug_mcp.core.diagnosis.detectors.throughput_text import detect_throughput_text
+
+    poor = "1GPU: 5 images/s\n8GPUs: 25 images/s\n32GPUs(4nodes): 80 images/s"
+    good = "1 GPU: 100 samples/s\n8 GPUs: 760 samples/s"
+    assert detect_throughput_text(poor)[0].failure == "slow_throughput"
+    assert detect_throughput_text(good) == []

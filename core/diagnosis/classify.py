@@ -415,9 +415,10 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     pasted = [text for text in (tail_text, error_text) if text and text.strip()]
     if pasted:
         from ml_debug_mcp.core.diagnosis.detectors.generated_text import detect_generated_text
+        from ml_debug_mcp.core.diagnosis.detectors.throughput_text import detect_throughput_text
 
         for text in pasted:
-            found += detect_generated_text(text)
+            found += detect_generated_text(text) + detect_throughput_text(text)
     if code_path is not None:
         from ml_debug_mcp.core.diagnosis.detectors.code_scan import code_hypotheses, scan_code
 
