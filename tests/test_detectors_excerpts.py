@@ -13,7 +13,7 @@ from ml_debug_mcp.core.diagnosis.classify import classify, classify_text
 from ml_debug_mcp.core.diagnosis.detectors.error_text import FAMILY_CONFIDENCE, detect_errors
 from ml_debug_mcp.core.diagnosis.detectors.generated_text import detect_generated_text
 from ml_debug_mcp.core.diagnosis.detectors.series_checks import detect_series
-from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder
+from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name
 
 
 def series_log(**curves: list[float]) -> ParsedLog:
@@ -49,6 +49,9 @@ def failures(parsed: ParsedLog) -> dict[str, float]:
      "device_mismatch"),
     ("block: [0,0,0], thread: [455,0,0] Assertion `t >= 0 && t < n_classes` failed on the GPU", "cuda_assert"),
     ("FloatingPointError: Loss became infinite or NaN at iteration=27!", "nan_loss"),
+    ("AssertionError: Rank 11: found NaN in local grad norm in backward pass before data-parallel communication",
+     "exploding_gradients"),
+    ("| INFO | root | NOTE: XLA compilation detected; too many of these can lead to slow training", "slow_throughput"),
 ])
 def test_a_family_phrase_never_yields_nothing(text: str, family: str):
     found = {h.failure: h for h in detect_errors(text)}
@@ -65,6 +68,7 @@ def test_a_family_phrase_never_yields_nothing(text: str, family: str):
     "autocast on: mat1 and mat2 are float16, same dtype; /dev/shm has 16 GB of shared memory",
     "NCCL INFO Bootstrap : Using eth0:10.0.0.1<0>",
     "Epoch 3/10 - loss: 0.4123 - accuracy: 0.8812 - val_loss: 0.4420",
+    "step 120 | grad_norm: 0.83 | compiled the model with torch.compile in 41.2 s | 2.1 it/s",
 ])
 def test_healthy_lines_name_no_family(text: str):
     assert detect_errors(text) == []
@@ -132,6 +136,20 @@ def test_data_loading_that_fills_the_step_is_slow_throughput():
     fast = failures(series_log(loss=[2.0, 1.9, 1.8, 1.7, 1.6], data_time=[0.01, 0.004, 0.005, 0.004, 0.004],
                                step_time=[1.2, 1.1, 1.15, 1.2, 1.18]))
     assert slow.get("slow_throughput", 0) >= 0.55 and "slow_throughput" not in fast
+
+
+def test_a_loss_that_stays_put_with_the_learning_rate_at_zero_is_a_plateau():
+    stuck = failures(series_log(loss=[0.3657, 0.3764, 0.3721], lr=[0.0, 0.0, 0.0]))
+    moving = failures(series_log(loss=[0.3657, 0.3764, 0.3721], lr=[1e-5, 1e-5, 1e-5]))
+    falling = failures(series_log(loss=[0.90, 0.61, 0.42], lr=[0.0, 0.0, 0.0]))  # an lr printed rounded to 0
+    assert "plateau" in stuck and "plateau" not in moving and "plateau" not in falling
+
+
+def test_a_throughput_of_exactly_zero_is_slow_throughput():
+    assert canonical_metric_name("fps") == "throughput"  # stable-baselines and RL loops print frames per second
+    stalled = failures(series_log(loss=[2.0, 1.9, 1.8], throughput=[640.0, 610.0, 0.0]))
+    running = failures(series_log(loss=[2.0, 1.9, 1.8], throughput=[640.0, 610.0, 630.0]))
+    assert stalled.get("slow_throughput", 0) >= 0.6 and "slow_throughput" not in running
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ _ALIASES: dict[str, set[str]] = {
     "throughput": {"throughput", "tokens_per_second", "tokens_per_sec", "tok_s", "tokens_s",
                    "samples_per_second", "train_samples_per_second", "train_steps_per_second",
                    "samples_per_sec", "it_s", "its", "wps", "ups", "samples_s", "tflops",
-                   "train_tokens_per_second", "examples_per_sec"},
+                   "train_tokens_per_second", "examples_per_sec", "fps", "frames_per_second"},
     "step_time": {"step_time", "time", "time_ms", "iter_time", "iteration_time", "batch_time", "dt",
                   "elapsed_time_per_iteration_ms", "train_wall", "time_per_step"},
     "entropy": {"entropy", "policy_entropy", "token_entropy", "mean_entropy", "entropy_avg"},

@@ -163,6 +163,9 @@ def _shape(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
             c, f"{c.label} rose from {fmt(low)} to {fmt(last)} over the {n} points shown ({100 * up_share:.0f}% of the "
                "steps up)", ">= 60% of steps up and the end >= 1.3x the minimum", value=last)])]
     gain = (first - last) / scale
+    stalled = _not_learning(c, ss, gain)
+    if stalled:
+        return stalled
     chance = _chance_level(last)
     spread = float(np.ptp(v)) / max(abs(median(v)), 1e-12)
     flat = abs(trend(v)) < 0.5 and not _duplicated_records(c, ss, n)
@@ -179,6 +182,23 @@ def _shape(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
         healthy = [evidence(c, f"{c.label} falls from {fmt(first)} to {fmt(last)} ({100 * gain:.0f}%) over the {n} "
                                "points shown, all finite", "a >= 3% drop, most steps down", value=last)]
         return [hypothesis("healthy", _conf(0.55, n, gain * 4, 0.8), healthy)]
+    return []
+
+
+def _not_learning(c: Curve, ss: SeriesSet, gain: float) -> list[Hypothesis]:
+    """A loss that does not fall with the learning rate at exactly 0: the optimiser makes no updates. (A flat
+    excerpt alone says little: late in a healthy run the loss is flat too, and a pasted excerpt often has no
+    step numbers to tell the start of training from its end.)"""
+    n = len(c)
+    if gain >= LIMITS.plateau_improvement:
+        return []
+    lr = ss.curve("lr")
+    if lr is not None and len(lr) >= MIN_POINTS and not np.any(lr.values):
+        return [hypothesis("plateau", _conf(0.55, n, 1.0, 0.8), [evidence(
+            c, f"{c.label} does not fall ({fmt(float(c.values[0]))} -> {fmt(float(c.values[-1]))}) while the learning "
+               f"rate is exactly 0 at all {len(lr)} points shown: the optimiser makes no updates (a schedule at 0, "
+               "a warm-up that never starts, an lr left unset)", "lr == 0 at every point and < 3% loss change",
+            value=float(c.values[-1]))], causes=["learning rate is 0: check the scheduler and the optimiser's lr"])]
     return []
 
 

@@ -348,6 +348,12 @@ def detect_throughput(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis
                                   f"{name} beyond {limits.stall_multiple:g}x its median on >= "
                                   f"{100 * limits.stall_share:g}% of steps", value=share))
             confidence = max(confidence, 0.6)
+    stopped = ss.curve("throughput")
+    if stopped is not None and float(stopped.values[-1]) == 0.0 and len(ss.series) > 1:
+        items.append(evidence(stopped, f"throughput reads exactly 0 at step {fmt(stopped.step_at(len(stopped) - 1))}: "
+                                       "no samples were processed in that interval (a stalled loader, environment or "
+                                       "collective)", "throughput == 0 at the last point", value=0.0))
+        confidence = max(confidence, 0.65)
     data_bound = _data_loading_share(ss, limits)
     if data_bound is not None:
         items.append(data_bound[0])
