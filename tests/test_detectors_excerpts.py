@@ -27,7 +27,10 @@ def series_log(**curves: list[float]) -> ParsedLog:
 
 
 def failures(parsed: ParsedLog) -> dict[str, float]:
-    return {h.failure: h.confidence for h in detect_series(parsed)}
+    found: dict[str, float] = {}
+    for h in detect_series(parsed):  # several detectors may name one failure: the strongest reading counts
+        found[h.failure] = max(h.confidence, found.get(h.failure, 0.0))
+    return found
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,6 +153,15 @@ def test_a_throughput_of_exactly_zero_is_slow_throughput():
     stalled = failures(series_log(loss=[2.0, 1.9, 1.8], throughput=[640.0, 610.0, 0.0]))
     running = failures(series_log(loss=[2.0, 1.9, 1.8], throughput=[640.0, 610.0, 630.0]))
     assert stalled.get("slow_throughput", 0) >= 0.6 and "slow_throughput" not in running
+
+
+def test_a_gradient_norm_that_overflows_under_a_finite_loss_is_exploding_not_nan_loss():
+    overflow = failures(series_log(loss=[9.57, 8.61, 7.50, 6.87, 1.0e4, 4.8e9],
+                                   grad_norm=[2.05, 1.71, 2.75, 1.0e5, 1.5e12, math.inf]))
+    dead = failures(series_log(loss=[9.57, 8.61, 7.50, 6.87, math.nan, math.nan],
+                               grad_norm=[2.05, 1.71, 2.75, 3.1, math.nan, math.nan]))
+    assert overflow.get("exploding_gradients", 0) >= 0.8 and "nan_loss" not in overflow
+    assert "nan_loss" in dead
 
 
 # ------------------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def detect_nonfinite(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]
     items: list[Evidence] = []
     confidence = 0.0
     onset: float | None = None
+    lasting = True  # no series came back finite after a brief non-finite spell (fp16 skipped steps)
     for name, strong in (("loss", 0.95), ("eval_loss", 0.85), ("grad_norm", 0.85)):
         s = ss.raw(name)
         if s is None or not (s.stats.nan_count or s.stats.inf_count):
@@ -101,6 +102,7 @@ def detect_nonfinite(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]
         kind = s.nonfinite[0].kind if s.nonfinite else "nan"
         recovered = st.last_value is not None
         transient = recovered and bad / max(st.count, 1) < limits.nonfinite_transient_share
+        lasting = lasting and not transient
         label = name if s.rank is None else f"{name} (rank {s.rank})"
         if transient:
             amp = ss.raw("loss_scale") is not None
@@ -124,10 +126,15 @@ def detect_nonfinite(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]
             onset = first
     if not items or onset is None:
         return []
+    nonfinite = {e.metric for e in items}
     lead_in = _lead_in(ss, onset)
     items += lead_in
     diverged_first = any(e.metric in ("loss", "grad_norm") for e in lead_in)
     causes = catalogue_cause("nan_loss", "learning rate too high") if diverged_first else []
+    loss = ss.raw("loss")
+    if nonfinite == {"grad_norm"} and lasting and loss is not None and loss.stats.count:
+        # The loss stayed finite and only the gradient norm overflowed: the gradients exploded, the loss is not NaN.
+        return [hypothesis("exploding_gradients", confidence, items, onset)]
     return [hypothesis("nan_loss", confidence, items, onset, causes)]
 
 
