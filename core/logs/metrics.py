@@ -19,27 +19,11 @@ from ml_debug_mcp.core.logs.formats.stores import (looks_like_event_file, looks_
                                             trainer_state_records)
 from ml_debug_mcp.core.logs.formats.tables import (is_lightning_header, looks_like_csv, looks_like_mlflow_metric,
                                              parse_csv_lines, parse_mlflow_metric_lines)
-from ml_debug_mcp.core.logs.formats.text import LINE_PARSERS, classify_line, last_segment
+from ml_debug_mcp.core.logs.formats.registry import FORMATS, LINE_PARSERS, classify_line, table_rows
+from ml_debug_mcp.core.logs.formats.text import last_segment
+from ml_debug_mcp.core.logs.normalize import looks_decorated, normalize_text
 from ml_debug_mcp.core.paths import stays_within
 from ml_debug_mcp.core.logs.series import ParsedLog
-
-FORMATS: dict[str, str] = {
-    "hf_trainer": "Hugging Face Trainer console dict lines {'loss': ..., 'learning_rate': ...}",
-    "hf_trainer_state": "Hugging Face trainer_state.json (log_history)",
-    "lightning_csv": "PyTorch Lightning CSVLogger metrics.csv",
-    "csv": "generic CSV/TSV with a header row",
-    "jsonl": "one JSON object per line",
-    "wandb": "W&B offline wandb-history.jsonl (_step)",
-    "keyvalue": "key/value text lines: 'step 100 | loss 2.31 | lr 1e-4'",
-    "nanogpt": "nanoGPT 'iter 100: loss 2.31, time 45.2ms, mfu 12.3%'",
-    "keras": "Keras progress bar 'Epoch 3/10' + '- loss: 0.12 - val_loss: ...'",
-    "fairseq": "fairseq simple/json progress lines",
-    "megatron": "Megatron-LM / DeepSpeed 'iteration N/ M | ... | lm loss: ...'",
-    "tensorboard": "TensorBoard event files (scalars)",
-    "mlflow": "MLflow file-store metric files (timestamp value step)",
-    "binary": "not a text file",
-    "unknown": "text with no recognised metric lines",
-}
 
 SNIFF_BYTES = 64 << 10
 INTERNAL_ERROR = "internal parser error"
@@ -88,6 +72,9 @@ def detect_text_format(lines: Iterable[str], name: str = "") -> str:
         fmt = classify_line(last_segment(line))
         if fmt:
             votes[fmt] += 1
+    rows = table_rows(stripped)
+    if rows >= 2 and rows >= sum(votes.values()):
+        return "table"
     if not votes:
         return "unknown"
     # Specific formats win over generic key/value lines when they are a real share of the sample.
@@ -161,14 +148,29 @@ def parse_lines(lines: Iterable[str], fmt: str, collector: Collector, name: str 
             continue
         if not feed(line, rank):
             collector.unparsed += 1
+    parser.finish()
 
 
 def parse_metrics_text(text: str, fmt: str | None = None, max_points: int = 2000) -> ParsedLog:
-    """Parse metrics from log text already in memory (pasted output, a tail window)."""
+    """Parse metrics from log text already in memory (pasted output, a tail window).
+
+    A small decorated text (a paste: markdown, quotes, logger prefixes) is also read cleaned
+    (`normalize_text`), and the reading with more records wins.
+    """
     _check_fmt(fmt)
-    collector = Collector(max_points)
     if text is None:
         text = ""
+    parsed = _parse_text(text, fmt, max_points)
+    if fmt is None and len(text) <= BULK_MIN_BYTES and looks_decorated(text):
+        cleaned = _parse_text(normalize_text(text), None, max_points)
+        if cleaned.records > parsed.records:
+            cleaned.bytes_scanned = parsed.bytes_scanned
+            return cleaned
+    return parsed
+
+
+def _parse_text(text: str, fmt: str | None, max_points: int) -> ParsedLog:
+    collector = Collector(max_points)
     collector.bytes = len(text.encode("utf-8", "replace"))
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -234,8 +236,15 @@ def parse_metrics(path: Path, fmt: str | None = None, max_points: int = 2000,
     if target != path and not stays_within(path, target):
         collector.warn(f"skipped {target.name}: it is a link that leads outside {path}")
         return collector.result(fmt or "unknown", str(path))
+    pasted = None
     if fmt is None:
         fmt = detect_format(target)
+        if fmt in LINE_PARSERS or fmt == "unknown":
+            pasted = _read_pasted(target)
+    if pasted is not None:  # a small decorated file: read as a paste (see parse_metrics_text)
+        parsed = parse_metrics_text(pasted, max_points=max_points)
+        parsed.path = str(target)
+        return parsed
     try:
         _parse_target(target, fmt, collector)
     except OSError as exc:
@@ -243,6 +252,17 @@ def parse_metrics(path: Path, fmt: str | None = None, max_points: int = 2000,
     except Exception as exc:  # a parser bug must not take the tool down; say so, keep what was read
         collector.warn(f"{INTERNAL_ERROR} ({type(exc).__name__}: {exc}); the series are partial")
     return collector.result(fmt, str(target))
+
+
+def _read_pasted(target: Path) -> str | None:
+    """The text of a small file that carries paste decoration (markdown, quotes, logger prefixes), else None."""
+    try:
+        if target.stat().st_size > BULK_MIN_BYTES:
+            return None
+        text = target.read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+    return text if looks_decorated(text) else None
 
 
 def _parse_target(target: Path, fmt: str, collector: Collector) -> None:

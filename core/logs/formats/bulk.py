@@ -22,7 +22,8 @@ import numpy as np
 
 from ml_debug_mcp.core.logs.formats.common import (MAX_LINE_BYTES, Collector, is_ignored_key, is_step_key, metric_name,
                                              strip_rank_prefix, to_float)
-from ml_debug_mcp.core.logs.formats.text import LINE_PARSERS, LineParser, extract_pair_spans, last_segment
+from ml_debug_mcp.core.logs.formats.registry import LINE_PARSERS
+from ml_debug_mcp.core.logs.formats.text import LineParser, extract_pair_spans, last_segment
 
 TEMPLATE_FORMATS = frozenset({"keyvalue", "nanogpt", "megatron", "jsonl", "wandb", "fairseq"})
 MAX_TEMPLATES = 6
@@ -285,3 +286,5 @@ def parse_text_blocks(blocks: Iterable[tuple[int, bytes]], fmt: str, collector: 
                 continue
             _feed_piece(piece, base, parser, collector, learner)
         collector.flush()
+    parser.finish()
+    collector.flush()

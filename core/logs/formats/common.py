@@ -40,7 +40,7 @@ STEP_KEYS = frozenset({"step", "steps", "iter", "iteration", "global_step", "num
 # Bookkeeping columns that are not metrics and would only clutter the series list.
 IGNORED_KEYS = frozenset({"runtime", "_runtime", "_timestamp", "timestamp", "time_stamp", "wall_time", "walltime",
                           "created_time", "datetime", "date", "rank", "local_rank", "global_rank",
-                          "world_size", "total_flos", "_wandb", "pid"})
+                          "world_size", "total_flos", "_wandb", "pid", "eta"})
 
 MAX_KEY_CHARS = 64
 READ_BLOCK = 4 << 20

@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ml_debug_mcp.core.logs.formats.common import (Collector, is_ignored_key, is_step_key, strip_rank_prefix,
                                              to_float)
+from ml_debug_mcp.core.logs.formats.text import LineParser
 from ml_debug_mcp.core.paths import stays_within
 
 MAX_CSV_FIELD = 1 << 16
@@ -164,3 +166,166 @@ def looks_like_csv(lines: list[str]) -> bool:
 def is_lightning_header(line: str) -> bool:
     cols = {c.strip() for c in line.split(",")}
     return "step" in cols and "epoch" in cols
+
+
+# --- tables printed to the console -------------------------------------------------------------
+# A header row of names, then rows of numbers in the same columns: markdown (`| Epoch | Loss |`),
+# a notebook's or a screenshot's table retyped (tabs or runs of spaces), YOLO's per-epoch rows.
+
+_MD_RULE_RE = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(?:\|\s*:?-{2,}:?\s*)*\|?\s*$")
+_UNIT_RE = re.compile(r"^([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*(?:G|GB|M|MB|%|s|ms)?$")
+_HEADER_WORD_RE = re.compile(r"^[A-Za-z_(][\w()./@:%-]*(?: [A-Za-z_(][\w()./@:%-]*){0,3}$")
+
+
+def split_cells(line: str) -> list[str]:
+    """Cells of a table row: by pipes (markdown), else tabs, else runs of two or more spaces, else spaces."""
+    text = line.strip()
+    if "|" in text:
+        return [c.strip() for c in text.strip("|").split("|")]
+    if "\t" in text:
+        return [c.strip() for c in text.split("\t") if c.strip()]
+    cells = re.split(r"\s{2,}", text)
+    return cells if len(cells) > 1 else text.split()
+
+
+def cell_value(cell: str) -> float | None:
+    """A number as a table prints it, units and all: '5.61G', '97.5%', '0.03s'."""
+    value = to_float(cell)
+    if value is None:
+        m = _UNIT_RE.match(cell.strip())
+        value = float(m.group(1)) if m else None
+    return value
+
+
+class TableParser(LineParser):
+    """Console tables: the latest header row names the cells of the value rows under it.
+
+    A header is two or more cells of words (multi-word names such as `Training Loss` when cells are
+    split by pipes, tabs or wide gaps); a value row has the header's cell count and is mostly numbers.
+    A step or epoch column gives the step; an `N/M` cell (YOLO's `0/299`) gives N.
+    """
+
+    fmt = "table"
+    prefilter = None
+
+    def __init__(self, collector: Collector) -> None:
+        super().__init__(collector)
+        self.header: list[str] | None = None
+
+    def header_of(self, cells: list[str]) -> list[str] | None:
+        if len(cells) >= 2 and all(c and _HEADER_WORD_RE.match(c) and to_float(c) is None and not c.endswith(":")
+                                   for c in cells):
+            return cells
+        return None
+
+    def row(self, cells: list[str]) -> tuple[dict[str, float], float | None] | None:
+        """(metrics, step) of a value row under the current header, or None."""
+        header = self.header
+        if header is None or len(cells) != len(header):
+            return None
+        values: dict[str, float] = {}
+        step = None
+        numbers = 0
+        for name, cell in zip(header, cells):
+            fraction = re.fullmatch(r"(\d+)\s*/\s*(\d+)", cell)
+            if fraction:
+                numbers += 1
+                if step is None:
+                    step = float(fraction.group(1))
+                continue
+            value = cell_value(cell)
+            if value is None:
+                continue
+            numbers += 1
+            if is_step_key(name) and step is None:
+                step = value
+            elif not is_ignored_key(name):
+                values[name] = value
+        # Every cell a number, but for a label or a "No log" in a wide row.
+        if not values or numbers < len(cells) - (len(cells) - 1) // 3:
+            return None
+        if step is None:
+            for name in ("epoch", "Epoch"):
+                if name in values:
+                    step = values[name]
+        return values, step
+
+    def feed(self, line: str, rank: int | None) -> bool:
+        if _MD_RULE_RE.match(line):
+            return False
+        cells = split_cells(line)
+        header = self.header_of(cells)
+        if header is not None:
+            self.header = header
+            return False
+        found = self.row(cells)
+        if found is None:
+            return False
+        values, step = found
+        return self.out.add(values, step, rank)
+
+
+class YoloParser(TableParser):
+    """YOLO training tables: ultralytics (v8+) `Epoch GPU_mem box_loss cls_loss dfl_loss Instances Size`, yolov5
+    `Epoch gpu_mem box obj cls labels img_size`, with rows `  2/300  4.09G  0.5756 ... 736: 56%|...| 1033/1833`
+    (the progress bar after the colon is dropped), and yolov5/yolov3 `results.txt` rows printed without a header
+    (`0/89 5.61G box obj cls total targets img_size P R mAP@.5 mAP@.5:.95 val_box val_obj val_cls`).
+
+    The step is the epoch; of the rows one epoch prints, the last is kept. `loss` is the printed total,
+    or the sum of the printed loss parts when there is no total column (ultralytics prints none).
+    """
+
+    fmt = "yolo"
+    _ROW_RE = re.compile(r"^\s*(\d+)/(\d+)\s+\S")
+    _LOSS_PARTS = ("box", "obj", "cls", "giou", "box_loss", "cls_loss", "dfl_loss", "obj_loss", "seg_loss")
+    RESULTS_COLUMNS = ["Epoch", "gpu_mem", "box", "obj", "cls", "total", "targets", "img_size", "precision", "recall",
+                       "mAP_0.5", "mAP_0.5:0.95", "val_box", "val_obj", "val_cls"]
+
+    def __init__(self, collector: Collector) -> None:
+        super().__init__(collector)
+        self.pending: tuple[dict[str, float], float | None, int | None] | None = None
+
+    def header_of(self, cells: list[str]) -> list[str] | None:
+        words = " ".join(cells).split()
+        if words and words[0].lower() == "epoch" and len(words) >= 3:
+            return words
+        return None
+
+    def _emit(self) -> None:
+        if self.pending is not None:
+            self.out.add(*self.pending)
+            self.pending = None
+
+    def feed(self, line: str, rank: int | None) -> bool:
+        if not self._ROW_RE.match(line):
+            header = self.header_of(line.split())
+            if header is not None:
+                self.header = header
+            return False
+        body = line.split(":", 1)[0] if ":" in line else line  # "736: 56%|####| 1033/1833 [...]"
+        cells = body.split()
+        header = self.header
+        if header is None or len(header) != len(cells):
+            header = self.RESULTS_COLUMNS if len(cells) in (8, 15) else None
+        if header is None:
+            return False
+        saved, self.header = self.header, header[: len(cells)]
+        found = self.row(cells)
+        self.header = saved
+        if found is None:
+            return False
+        values, step = found
+        low = {k.lower(): k for k in values}
+        if "total" in low:
+            values["loss"] = values.pop(low["total"])
+        else:
+            parts = [values[low[p]] for p in self._LOSS_PARTS if p in low]
+            if parts:
+                values["loss"] = sum(parts)
+        if self.pending is not None and self.pending[1] != step:
+            self._emit()
+        self.pending = (values, step, rank)
+        return True
+
+    def finish(self) -> None:
+        self._emit()

@@ -31,6 +31,7 @@ import re
 
 from ml_debug_mcp.core.logs.formats.common import (ANSI_RE, NUMBER_PATTERN, Collector, is_ignored_key,
                                              is_known_metric, is_step_key, to_float)
+from ml_debug_mcp.core.logs.formats.position import StepClock, find_position
 
 # --- generic key/value pairs -------------------------------------------------------------------
 # A key is 1-6 words starting with a letter; then `:`/`=`/spaces; then a number with an optional
@@ -42,7 +43,7 @@ _NONFINITE_WORD = r"[-+]?(?:[Nn]a[Nn]|NAN|[Ii]nf(?:inity)?|INF(?:INITY)?)"
 _KV_RE = re.compile(
     r"(?<![\w.\-/])(?P<key>[A-Za-z_][\w./\-]*(?:[ ](?:\([\w/%.]+\)|[A-Za-z_][\w./\-]*)){0,5}?)"
     r"[\"']?\s*(?:[:=]\s*|\s+)\[?"  # DeepSpeed prints per-group values in brackets: lr=[0.0001]
-    rf"(?P<val>{_NUMERIC}(?=ms|s|%|x|:(?!\d)|[^\w.:]|$)(?!-\d)|{_NONFINITE_WORD}(?=\s*(?:$|[|,;)\]}}'\"]|-\s)|\s+[A-Za-z_][\w./\-]*\s*=))")
+    rf"(?P<val>{_NUMERIC}(?=ms|s|%|x|:(?!\d)|[^\w.:]|$)(?!-\d|/\d+/)|{_NONFINITE_WORD}(?=\s*(?:$|[|,;)\]}}'\"]|-\s)|\s+[A-Za-z_][\w./\-]*\s*=))")
 # "trainer.py:120" is a source location, not a metric called "trainer.py".
 _SOURCE_FILE_RE = re.compile(r"\.(?:py|pyx|cc|cpp|cu|h|c|rs|go|js|ts|java)$")
 # Cheap pre-check: a line that names none of these carries no metric the detectors read.
@@ -67,9 +68,11 @@ HINT_BYTES_RE = _LowercaseSearch()
 
 
 def _suffix_key(key: str) -> str:
-    """For multi-word keys, prefer the shortest known tail: '... at step' -> 'step'."""
+    """For multi-word keys, prefer the shortest known tail: '... at step' -> 'step'; 'loss is' -> 'loss'."""
     if " " not in key or is_known_metric(key) or is_step_key(key):
         return key
+    if key.endswith(" is"):  # MindSpore's "loss is 2.3", Paddle's "loss is: [2.3]"
+        return _suffix_key(key[:-3])
     words = key.split(" ")
     for i in range(1, len(words)):
         tail = " ".join(words[i:])
@@ -96,7 +99,7 @@ def extract_pairs(line: str) -> list[tuple[str, float]]:
     return [(key, value) for key, value, _, _ in extract_pair_spans(line)]
 
 
-def _has_hint(line: str) -> bool:
+def has_metric_hint(line: str) -> bool:
     return _HINT_RE.search(line.lower()) is not None
 
 
@@ -125,11 +128,26 @@ class LineParser:
     # Bytes that any line this parser can use must contain; text without them is skipped whole.
     prefilter: re.Pattern[bytes] | _LowercaseSearch | None = HINT_BYTES_RE
 
+    steps_in_epoch = False  # see find_position
+
     def __init__(self, collector: Collector) -> None:
         self.out = collector
+        self.clock = StepClock()
 
     def feed(self, line: str, rank: int | None) -> bool:
         raise NotImplementedError
+
+    def finish(self) -> None:
+        """End of the text: a parser that holds a record back (the last row of an epoch) emits it."""
+
+    def place(self, line: str, step: float | None) -> float | None:
+        """The line's step: the one its pairs named, else the position printed on it (epoch and batch)."""
+        pos = find_position(line, self.steps_in_epoch)
+        if pos.index is not None or step is None:
+            found = self.clock.step(pos)
+            if found is not None:
+                return found
+        return step
 
 
 class KeyValueParser(LineParser):
@@ -138,14 +156,14 @@ class KeyValueParser(LineParser):
     fmt = "keyvalue"
 
     def feed(self, line: str, rank: int | None) -> bool:
-        if not _has_hint(line):
+        if not has_metric_hint(line):
             return False
         if "\x1b" in line:
             line = ANSI_RE.sub("", line)
         values, step, known = split_pairs(extract_pairs(line))
         if not known:
             return False
-        return self.out.add(values, step, rank)
+        return self.out.add(values, self.place(line, step), rank)
 
 
 class NanoGPTParser(KeyValueParser):
@@ -360,60 +378,6 @@ class KerasParser(LineParser):
         if not values:
             return False
         return self.out.add(values, self.epoch, rank)
-
-
-LINE_PARSERS: dict[str, type[LineParser]] = {
-    "hf_trainer": HFTrainerParser,
-    "jsonl": JsonLinesParser,
-    "wandb": WandbHistoryParser,
-    "keyvalue": KeyValueParser,
-    "nanogpt": NanoGPTParser,
-    "megatron": MegatronParser,
-    "fairseq": FairseqParser,
-    "keras": KerasParser,
-}
-
-
-# --- sniffing ----------------------------------------------------------------------------------
-_MEGATRON_SNIFF = re.compile(r"iteration\s+\d+/\s*\d+\s*\||validation loss at iteration \d+")
-_FAIRSEQ_SNIFF = re.compile(r"\| (?:train_inner|train|valid) \||epoch \d{3}:\s+\d+\s*/\s*\d+ |"
-                            r"(?:^|\| )epoch \d{3} \| ")
-_KERAS_SNIFF = re.compile(r"^\s*Epoch \d+/\d+\s*$|^\s*\d+/\d+ (?:\[[=>.]*\]|━+|-) .*- \w+: ")
-_NANOGPT_SNIFF = re.compile(r"^iter \d+: loss |^step \d+: train loss ")
-
-
-def classify_line(line: str) -> str | None:
-    """The most specific text format a single line belongs to, or None."""
-    if "\x1b" in line:
-        line = ANSI_RE.sub("", line)
-    if "\r" in line:
-        line = last_segment(line)
-    stripped = line.strip()
-    if not stripped:
-        return None
-    if "{'" in stripped and "':" in stripped and HFTrainerParser._DICT_RE.search(stripped):
-        return "hf_trainer"
-    if _FAIRSEQ_SNIFF.search(stripped):
-        return "fairseq"
-    if stripped.startswith("{") and stripped.endswith("}"):
-        try:
-            obj = json.loads(stripped)
-        except ValueError:
-            return None
-        if isinstance(obj, dict):
-            return "wandb" if "_step" in obj and "_runtime" in obj else "jsonl"
-        return None
-    if _MEGATRON_SNIFF.search(stripped):
-        return "megatron"
-    if _KERAS_SNIFF.search(stripped):
-        return "keras"
-    if _NANOGPT_SNIFF.search(stripped):
-        return "nanogpt"
-    if _has_hint(stripped):
-        _, _, known = split_pairs(extract_pairs(stripped))
-        if known:
-            return "keyvalue"
-    return None
 
 
 def last_segment(line: str) -> str:
