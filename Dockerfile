@@ -23,8 +23,8 @@ COPY server ./server
 COPY tools ./tools
 COPY core ./core
 COPY resources ./resources
-# The base image's CUDA torch already satisfies torch>=2.3, so pip keeps it.
-RUN pip install . \
+# [all] = [torch,plot,tensorboard]: the base image's CUDA torch already satisfies torch>=2.3, so pip keeps it.
+RUN pip install "./[all]" \
     && useradd --create-home --uid 10001 mcp \
     && mkdir -p /runs \
     && chown 10001:10001 /runs

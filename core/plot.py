@@ -56,11 +56,23 @@ def _use_log(values: list[float]) -> bool:
     return max(positive) / min(positive) > 50
 
 
+class PlotUnavailable(ValueError):
+    """matplotlib is an extra (`[plot]`): the light install answers plot=true with what to install."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"plot=true needs matplotlib, which the server's Python cannot import ({cause}). "
+                         "Install it with pip install 'ml-debug-mcp[plot]', or call again with plot=false "
+                         "for the same result without the picture.")
+
+
 def plot_metrics(parsed: ParsedLog, names: list[str] | None = None,
                  marks: Sequence[tuple[float, str]] = (), title: str | None = None) -> bytes:
     """PNG bytes (800x500) of the chosen series against step; see the module docstring."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlotUnavailable(exc) from None
 
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     FigureCanvasAgg(fig)

@@ -10,7 +10,6 @@ import argparse
 import ipaddress
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -35,7 +34,7 @@ class Config:
     token: str | None = None
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
-    python: str = sys.executable
+    python: str | None = None  # None: find the training interpreter (core.model.interpreter)
     worker_timeout: float = 120.0
     worker_memory_mb: int = 4096
     log_level: str = "INFO"
@@ -90,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra Host header value to accept over HTTP, e.g. the name a proxy or Docker uses")
     p.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
                    help="extra browser Origin to accept over HTTP")
-    p.add_argument("--python", help="interpreter that runs user model code in a worker (default: this one)")
+    p.add_argument("--python", help="interpreter that runs user model code in a worker (default: a venv/conda env inside a root, a running training process, then this one: the first with torch)")
     p.add_argument("--worker-timeout", type=float, help="seconds a user-code worker may run (default 120)")
     p.add_argument("--worker-memory-mb", type=int, help="address-space limit of a worker in MiB (default 4096)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
@@ -128,8 +127,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         path = Path(os.path.expanduser(raw))
         if not path.is_dir():
             raise ConfigError(f"Root {raw!r} is not an existing directory; create it or pass another --root.")
-    python = args.python or _env("PYTHON") or sys.executable
-    if shutil.which(python) is None and not Path(python).is_file():
+    python = args.python or _env("PYTHON") or None
+    if python is not None and shutil.which(python) is None and not Path(python).is_file():
         raise ConfigError(f"Worker interpreter {python!r} was not found; pass --python /path/to/python.")
     timeout = args.worker_timeout if args.worker_timeout is not None else float(_env("WORKER_TIMEOUT") or 120)
     if not 1 <= timeout <= 3600:

@@ -69,3 +69,9 @@ def test_compose_example_reserves_nvidia_gpus_and_needs_a_token():
 def test_docker_build_and_run_are_documented():
     readme = (REPO / "README.md").read_text()
     assert "docker build -t ml-debug-mcp ." in readme and "docker run --gpus all" in readme
+
+
+def test_image_installs_the_torch_extra_over_the_cuda_base():
+    """The base install is torch-free; the GPU image keeps the CUDA torch of its base and adds the extras."""
+    install = re.search(r"^RUN pip install (\S+)", DOCKERFILE, re.M)
+    assert install and re.search(r"\[(all|[^\]]*torch[^\]]*)\]", install.group(1)), "install .[all] or .[torch]"

@@ -10,6 +10,7 @@ import base64
 import functools
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
+from ml_debug_mcp.core.model.interpreter import InterpreterChoice
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 
 log = logging.getLogger("ml_debug_mcp.tools")
@@ -41,7 +43,7 @@ class ToolEnv:
     """Server settings the tools need, without the server itself."""
 
     roots: Roots
-    python: str
+    python: str | None  # --python; None: find the training interpreter per call
     worker_timeout: float
     worker_memory_mb: int
     client_roots: bool = True
@@ -143,6 +145,26 @@ def tool_result(model: BaseModel, summary: str, images: list[bytes] | None = Non
     for png in images or []:
         content.append(ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"))
     return CallToolResult(content=content, structured_content=model.model_dump(mode="json"))
+
+
+async def worker_interpreter(env: ToolEnv, roots: Roots) -> InterpreterChoice:
+    """The Python the model tools' worker runs under: --python, else the first found with torch."""
+    from ml_debug_mcp.core.host.processes import training_interpreters
+    from ml_debug_mcp.core.model.interpreter import Candidate, choose_interpreter
+
+    def find() -> InterpreterChoice:
+        processes = [] if env.python else [Candidate(python, "training_process", why)
+                                           for python, why in training_interpreters(roots)]
+        return choose_interpreter(roots, env.python, sys.executable, processes)
+
+    return await run_blocking(None, find)
+
+
+def interpreter_line(choice: InterpreterChoice | None) -> str | None:
+    if choice is None:
+        return None
+    version = f", torch {choice.torch_version}" if choice.torch_version else ""
+    return f"worker python: {choice.python} ({choice.reason}{version})"
 
 
 def human_size(size: int) -> str:

@@ -9,8 +9,8 @@ from mcp_types import CallToolResult
 from pydantic import Field
 
 from ml_debug_mcp.core.model.shapes import ShapeReport, render_table
-from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, run_blocking, tool_result, \
-    translate_errors
+from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, interpreter_line, run_blocking, \
+    tool_result, translate_errors, worker_interpreter
 
 
 def summarize(report: ShapeReport) -> str:
@@ -30,6 +30,7 @@ def summarize(report: ShapeReport) -> str:
     if report.calls_omitted:
         lines.append(f"({report.calls_omitted} of {report.calls_total} module calls omitted from the middle)")
     lines += [f"NOTE: {note}" for note in report.notes]
+    lines += [line for line in [interpreter_line(report.interpreter)] if line]
     return "\n".join(lines)
 
 
@@ -57,9 +58,12 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         from ml_debug_mcp.core.model.shapes import check_inputs, check_model_shapes, shape_task
         from ml_debug_mcp.core.model.worker import resolve_entrypoint
 
-        entry = await run_blocking(None, resolve_entrypoint, await effective_roots(env, ctx), entrypoint)
+        roots = await effective_roots(env, ctx)
+        entry = await run_blocking(None, resolve_entrypoint, roots, entrypoint)
         shapes, dtypes = check_inputs(input_shapes, dtype)
+        interpreter = await worker_interpreter(env, roots)
         report = await run_blocking(ctx, check_model_shapes, shape_task(entry.task, shapes, dtypes),
-                                    python=env.python, timeout=env.worker_timeout, memory_mb=env.worker_memory_mb,
+                                    python=interpreter.python, timeout=env.worker_timeout, memory_mb=env.worker_memory_mb,
                                     cwd=entry.cwd, target=entry.label)
+        report.interpreter = interpreter
         return tool_result(report, summarize(report))

@@ -13,8 +13,9 @@ from pydantic import Field
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 from ml_debug_mcp.core.record.smoke import MAX_INPUT_DIMS, SmokeTestResult
-from ml_debug_mcp.tools._base import WRITES_FILES, ToolEnv, effective_roots, resolve_path_now, run_blocking, tool_result, \
-    translate_errors
+from ml_debug_mcp.core.model.interpreter import InterpreterChoice
+from ml_debug_mcp.tools._base import WRITES_FILES, ToolEnv, effective_roots, interpreter_line, resolve_path_now, \
+    run_blocking, tool_result, translate_errors, worker_interpreter
 
 MAX_OUTPUT_LINES_IN_SUMMARY = 25
 
@@ -22,6 +23,7 @@ MAX_OUTPUT_LINES_IN_SUMMARY = 25
 def summarize(result: SmokeTestResult) -> str:
     lines = [result.summary]
     lines += [f"note: {w}" for w in result.warnings]
+    lines += [line for line in [interpreter_line(result.interpreter)] if line]
     if result.ran and result.output_tail:
         tail = result.output_tail.splitlines()[-MAX_OUTPUT_LINES_IN_SUMMARY:]
         lines += [f"--- pytest ({result.outcome}, exit code {result.returncode}), last lines:", *tail]
@@ -51,7 +53,8 @@ def _inside_roots(roots: Roots, raw: str) -> Path:
 
 
 def _create(env: ToolEnv, roots: Roots, path: str, failure: str, entrypoint: str | None,
-            input_shape: list[int] | None, overwrite: bool, run: bool) -> SmokeTestResult:
+            input_shape: list[int] | None, overwrite: bool, run: bool,
+            interpreter: InterpreterChoice | None) -> SmokeTestResult:
     """Validate everything first, so a refused call leaves no folder behind; then write (and run)."""
     from ml_debug_mcp.core.record.smoke import check_entrypoint, check_input_shape, check_test_name, create_smoke_test, \
         template_for
@@ -62,9 +65,12 @@ def _create(env: ToolEnv, roots: Roots, path: str, failure: str, entrypoint: str
     _inside_roots(roots, path)
     factory = check_entrypoint(roots, entrypoint) if entrypoint is not None else None
     target = _test_path(roots, path)
-    return create_smoke_test(target, failure, root=_containing_root(roots, target), factory=factory,
-                             input_shape=input_shape, overwrite=overwrite, run=run, python=env.python,
-                             timeout=env.worker_timeout, memory_mb=env.worker_memory_mb)
+    result = create_smoke_test(target, failure, root=_containing_root(roots, target), factory=factory,
+                               input_shape=input_shape, overwrite=overwrite, run=run,
+                               python=interpreter.python if interpreter else "",
+                               timeout=env.worker_timeout, memory_mb=env.worker_memory_mb)
+    result.interpreter = interpreter
+    return result
 
 
 def register(mcp: MCPServer, env: ToolEnv) -> None:
@@ -105,5 +111,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, SmokeTestResult]:
         roots = await effective_roots(env, ctx)
-        result = await run_blocking(ctx, _create, env, roots, path, failure, entrypoint, input_shape, overwrite, run)
+        interpreter = await worker_interpreter(env, roots) if run else None
+        result = await run_blocking(ctx, _create, env, roots, path, failure, entrypoint, input_shape, overwrite, run,
+                                    interpreter)
         return tool_result(result, summarize(result))

@@ -148,6 +148,7 @@ class GpuInfo(BaseModel):
     throttle_reasons: list[str] | None = Field(None, description="decoded current clocks-event reasons; [] = none")
     throttle_mask: int | None = None
     ecc_errors: EccCounts = Field(default_factory=EccCounts)
+    xid_last: int | None = Field(None, description="the last Xid error the driver reported (DCGM); 0 = none")
     pcie_link_generation: int | None = None
     pcie_link_width: int | None = None
     pcie_tx_kib_per_s: int | None = None

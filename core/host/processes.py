@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import psutil
 from pydantic import BaseModel, Field
+
+from ml_debug_mcp.core.paths import Roots
 
 MAX_PROCESSES = 50
 """Top-level training processes listed before the rest are only counted (`omitted`)."""
@@ -514,3 +518,47 @@ class CpuSampler:
         for top in processes:
             for info in [top, *top.children]:
                 info.cpu_percent_window = windows.get(info.pid)
+
+
+def training_interpreters(roots: Roots, limit: int = 8) -> list[tuple[str, str]]:
+    """(python, why) of running training processes working inside the roots, newest first.
+
+    The path is the one the process was started with (its venv's `bin/python`), not /proc's
+    resolved binary, which would lose the venv and its torch.
+    """
+    found = discover_training_processes(limit=limit)
+    out: list[tuple[str, str]] = []
+    for p in found.processes:
+        proc = found.handles.get(p.pid)
+        try:
+            cmdline, cwd = proc.cmdline(), proc.cwd()
+            python = _started_python(proc, cmdline, cwd)
+        except (psutil.Error, AttributeError):
+            continue
+        if python is None or python in (x for x, _ in out):
+            continue
+        scripts = [Path(cwd, a) for a in cmdline[1:] if a.endswith(".py")]
+        if any(roots.contains(Path(x).resolve()) for x in [cwd, *scripts]):
+            out.append((python, f"running training process {p.pid} ({p.match_reason})"))
+    return out
+
+
+def _started_python(proc: psutil.Process, cmdline: list[str], cwd: str) -> str | None:
+    first = cmdline[0] if cmdline else ""
+    if _PYTHON_EXECUTABLE.match(os.path.basename(first)):
+        if os.path.isabs(first) or os.sep in first:
+            return os.path.join(cwd, first)
+        try:
+            path = proc.environ().get("PATH")
+        except psutil.Error:
+            path = None
+        return shutil.which(first, path=path)
+    try:
+        env = proc.environ()
+    except psutil.Error:
+        env = {}
+    for prefix in (env.get("VIRTUAL_ENV"), env.get("CONDA_PREFIX")):
+        if prefix and os.path.isfile(os.path.join(prefix, "bin", "python")):
+            return os.path.join(prefix, "bin", "python")
+    exe = proc.exe()
+    return exe if _PYTHON_EXECUTABLE.match(os.path.basename(exe)) else None

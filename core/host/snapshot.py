@@ -52,6 +52,7 @@ class Finding(BaseModel):
     failure: FailureId | None = None
     confidence: float = Field(ge=0.0, le=1.0)
     gpu_index: int | None = None
+    host: str | None = Field(None, description="the GPU's host, when the picture covers several (Prometheus)")
     pid: int | None = None
     evidence: list[Evidence] = Field(default_factory=list)
     fixes: list[Fix] = Field(default_factory=list)
@@ -63,7 +64,20 @@ class GpuStatus(GpuInfo):
 
     utilization_gpu_window: WindowStats | None = None
     utilization_memory_window: WindowStats | None = None
+    host: str | None = Field(None, description="Hostname label (Prometheus source); None = this host")
+    job: str | None = Field(None, description="the scrape job or scheduler job the GPU's series belong to")
     diagnosis: str = ""
+
+
+class HostGroup(BaseModel):
+    """The GPUs of one host and job, as a Prometheus source reports them."""
+
+    host: str
+    job: str | None = None
+    gpus: int
+    critical: int = 0
+    warning: int = 0
+    summary: str
 
 
 class LogPointer(BaseModel):
@@ -92,6 +106,9 @@ class HostStatus(BaseModel):
     log: LogPointer | None = None
     window: SamplingWindow
     findings: list[Finding] = Field(default_factory=list, description="every finding, worst first")
+    source: str = Field("nvml", description="nvml (this host) or the prometheus:// source read")
+    hosts: list[HostGroup] = Field(default_factory=list, description="per host and job (Prometheus source)")
+    gpus_omitted: int = Field(0, description="GPUs beyond the listing cap (Prometheus source)")
     summary: str
 
 
@@ -155,7 +172,7 @@ def host_status(
     findings = diagnose(status, gpus, discovery.processes, discovery.missing, log, samples,
                         explicit_search=pid is not None or name_pattern is not None)
     for gpu in gpus:
-        gpu.diagnosis = _gpu_line(gpu, [f for f in findings if f.gpu_index == gpu.index])
+        gpu.diagnosis = gpu_line(gpu, [f for f in findings if f.gpu_index == gpu.index])
     return HostStatus(
         hostname=socket.gethostname(),
         nvml=status,
@@ -227,10 +244,7 @@ def diagnose(
     findings: list[Finding] = []
     findings += _nvml_findings(status, processes)
     for gpu in gpus:
-        findings += _gpu_unreadable(gpu)
-        findings += _memory_near_full(gpu)
-        findings += _throttled(gpu)
-        findings += _ecc_uncorrected(gpu)
+        findings += gpu_findings(gpu)
         findings += _stuck_process_on_gpu(gpu)
         findings += _idle_while_training(gpu, processes, samples)
     findings += _stuck_training_processes(processes, gpus)
@@ -247,8 +261,20 @@ def diagnose(
             next_steps=[NextStep(tool="gpu_status", arguments={"name_pattern": "<part of your command line>"},
                                  why="name the job if its script is not called train*")],
         ))
-    findings.sort(key=lambda f: (_SEVERITY_RANK[f.severity], f.gpu_index if f.gpu_index is not None else -1))
+    sort_findings(findings)
     return findings
+
+
+def gpu_findings(gpu: GpuStatus) -> list[Finding]:
+    """The rules that judge a GPU from its own readings alone: NVML's and Prometheus's paths share them."""
+    found = _gpu_unreadable(gpu) + _memory_near_full(gpu) + _throttled(gpu) + _ecc_uncorrected(gpu) + _xid(gpu)
+    for finding in found:
+        finding.host = gpu.host
+    return found
+
+
+def sort_findings(findings: list[Finding]) -> None:
+    findings.sort(key=lambda f: (_SEVERITY_RANK[f.severity], f.host or "", f.gpu_index if f.gpu_index is not None else -1))
 
 
 def _nvml_findings(status: NvmlStatus, processes: list[TrainingProcess]) -> list[Finding]:
@@ -357,6 +383,39 @@ def _ecc_uncorrected(gpu: GpuStatus) -> list[Finding]:
                           "(nvidia-smi -q -d PAGE_RETIREMENT,ROW_REMAPPER); RMA if it recurs; "
                           "resume from a checkpoint elsewhere",
                    expected_effect="training moves off faulty memory")],
+    )]
+
+
+# Xid codes from NVIDIA's Xid catalogue that mean the GPU or its memory is failing, not the program.
+_XID_HARDWARE = {
+    48: "double-bit ECC error", 63: "ECC page retirement / row remapping", 64: "row remapping failure",
+    74: "NVLink error", 79: "GPU has fallen off the bus", 92: "high single-bit ECC rate",
+    94: "contained ECC error", 95: "uncontained ECC error", 119: "GSP RPC timeout", 120: "GSP error",
+}
+_XID_PROGRAM = {13: "graphics engine exception (often an out-of-range index in a kernel)",
+                31: "GPU memory page fault (illegal address)", 43: "GPU stopped processing (a kernel faulted)",
+                45: "preemptive cleanup after an earlier fault"}
+
+
+def _xid(gpu: GpuStatus) -> list[Finding]:
+    code = gpu.xid_last
+    if not code:
+        return []
+    hardware = code in _XID_HARDWARE
+    meaning = _XID_HARDWARE.get(code) or _XID_PROGRAM.get(code) or "see NVIDIA's Xid catalogue"
+    fix = (Fix(action="drain the node and reset the GPU (nvidia-smi -r) or reboot; check dmesg and the retired "
+                      "pages / row remapper; resume the job from a checkpoint on another node",
+               expected_effect="the job runs on sound hardware") if hardware else
+           Fix(action="rerun with CUDA_LAUNCH_BLOCKING=1 to find the kernel that faulted (an index out of range, "
+                      "a bad pointer in a custom kernel); the GPU itself is usually fine",
+               expected_effect="the faulting operation shows in the traceback"))
+    return [Finding(
+        rule="gpu_xid_error", severity="critical", failure=None if hardware else "cuda_assert",
+        confidence=0.85 if hardware else 0.6, gpu_index=gpu.index,
+        message=f"GPU {gpu.index} reported Xid {code}: {meaning}",
+        evidence=[Evidence(kind="gpu", text=f"DCGM_FI_DEV_XID_ERRORS = {code}", value=float(code),
+                           metric="xid_last", rule="!= 0")],
+        fixes=[fix],
     )]
 
 
@@ -548,7 +607,7 @@ def _log_silent(log: LogPointer | None, processes: list[TrainingProcess], gpus: 
 
 # ---------------------------------------------------------------- wording
 
-def _gpu_line(gpu: GpuStatus, findings: list[Finding]) -> str:
+def gpu_line(gpu: GpuStatus, findings: list[Finding]) -> str:
     if findings:
         worst = min(findings, key=lambda f: _SEVERITY_RANK[f.severity]).severity
         return f"{worst}: " + "; ".join(f.message for f in findings)
@@ -560,8 +619,9 @@ def _gpu_line(gpu: GpuStatus, findings: list[Finding]) -> str:
         parts.append(f"memory {gpu.memory_used_percent:.0f}% used")
     if gpu.temperature_c is not None:
         parts.append(f"{gpu.temperature_c} C")
-    count = len(gpu.processes)
-    parts.append(f"{count} process{'es' if count != 1 else ''}")
+    if gpu.host is None:  # a Prometheus source knows no processes
+        count = len(gpu.processes)
+        parts.append(f"{count} process{'es' if count != 1 else ''}")
     return "ok: " + ", ".join(parts)
 
 

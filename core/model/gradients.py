@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS, FailureId, failure_info
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis
+from ml_debug_mcp.core.model.interpreter import InterpreterChoice
 
 Band = Literal["overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy"]
 BANDS: tuple[Band, ...] = ("overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy")
@@ -154,6 +155,7 @@ class GradientAnalysis(BaseModel):
 
     verdict: FailureId
     reports: list[GradientReport]
+    interpreter: InterpreterChoice | None = Field(None, description="the Python the worker ran under, and why that one")
 
 
 # ------------------------------------------------------------------------------------------------

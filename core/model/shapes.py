@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ml_debug_mcp.core.model.interpreter import InterpreterChoice
+
 MAX_INPUTS = 16
 MAX_DIMS = 8
 MAX_INPUT_ELEMENTS = 1 << 25  # 32 Mi elements (128 MB of float32) across all inputs
@@ -123,6 +125,7 @@ class ShapeReport(BaseModel):
     total_params: int = 0
     trainable_params: int = 0
     notes: list[str] = Field(default_factory=list, description="What this eval-mode pass cannot show about training")
+    interpreter: InterpreterChoice | None = Field(None, description="the Python the worker ran under, and why that one")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS, FailureId, failure_info
+from ml_debug_mcp.core.model.interpreter import InterpreterChoice
 from ml_debug_mcp.core.paths import Roots
 from ml_debug_mcp.core.record.templates import HARNESS_IMPORTS, TEMPLATE_FOR_FAILURE, TEMPLATES, Template
 from ml_debug_mcp.core.record.templates import source as template_source
@@ -72,6 +73,7 @@ class SmokeTestResult(BaseModel):
     command: str = Field(description="How to run the test yourself, from the project folder")
     warnings: list[str] = Field(default_factory=list)
     summary: str
+    interpreter: InterpreterChoice | None = Field(None, description="the Python the worker ran under, and why that one")
 
 
 @dataclass(frozen=True)

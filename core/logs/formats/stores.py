@@ -104,8 +104,9 @@ def parse_tensorboard(root: Path, collector: Collector) -> None:
     try:
         from tensorboard.backend.event_processing import event_file_loader
         from tensorboard.util import tensor_util
-    except Exception as exc:  # pragma: no cover - tensorboard is a dependency
-        collector.warn(f"tensorboard is not importable ({exc}); event files cannot be read")
+    except Exception as exc:  # tensorboard is an extra of the light install
+        collector.warn(f"tensorboard is not importable ({exc}); event files cannot be read: "
+                       "pip install 'ml-debug-mcp[tensorboard]' in the server's environment")
         return
     files = [root] if root.is_file() else find_event_files(root)
     if not files:
