@@ -70,6 +70,9 @@ def create_server(config: Config | None = None) -> MCPServer:
         worker_timeout=config.worker_timeout,
         worker_memory_mb=config.worker_memory_mb,
         client_roots=config.client_roots,
+        mlflow_uri=config.mlflow_uri,
+        trackio_dir=config.trackio_dir,
+        open_trackers=config.transport == "stdio",
     )
     register_all(mcp, env)
     register_knowledge(mcp, env)
