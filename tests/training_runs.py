@@ -25,6 +25,18 @@ from torch import nn
 FORMATS = ("hf", "jsonl", "csv", "nanogpt", "kv")
 
 
+# When set (by tests/live_training.py), every record a run logs is also handed to it as it is logged, so a
+# background process can write the run's log live while it trains.
+RECORD_SINK: list[Callable[[dict], None]] = []
+
+
+class _Records(list):
+    def append(self, record: dict) -> None:
+        super().append(record)
+        for sink in RECORD_SINK:
+            sink(record)
+
+
 @dataclass
 class TrainingRun:
     """A finished run: what it reproduces and the metric records it logged."""
@@ -32,7 +44,7 @@ class TrainingRun:
     name: str
     failure: str  # expected failure id (core/diagnosis/catalogue.py)
     description: str
-    records: list[dict[str, float]] = field(default_factory=list)
+    records: list[dict[str, float]] = field(default_factory=_Records)
 
     def values(self, metric: str) -> list[float]:
         return [r[metric] for r in self.records if metric in r]

@@ -477,10 +477,19 @@ def classify_path(path: Path | TrackerSource, fmt: str | None = None, *, log_pat
     to `path`), used in suggested tool calls. Raises ValueError only for an unknown `fmt`.
     """
     evidence = read_log_evidence(path if isinstance(path, TrackerSource) else Path(path), fmt, progress)
-    label = path.label if isinstance(path, TrackerSource) else str(path)
-    return classify(evidence.parsed, error_text=error_text, code_path=code_path, log_path=log_path or label,
-                    series=series, error_blocks=evidence.blocks, tail_text=evidence.tail_text,
-                    tail_first_line=evidence.tail_first_line)
+    return classify_evidence(evidence, log_path or source_label(path), error_text=error_text, code_path=code_path,
+                             series=series)
+
+
+def source_label(path: Path | TrackerSource) -> str:
+    """How suggested tool calls name a source: the tracker URI as written, or the path."""
+    return path.label if isinstance(path, TrackerSource) else str(path)
+
+
+def classify_evidence(evidence: "LogEvidence", log_path: str, **extra: Any) -> Diagnosis:
+    """classify() on what read_log_evidence found: the series, the error blocks and the tail text."""
+    return classify(evidence.parsed, log_path=log_path, error_blocks=evidence.blocks, tail_text=evidence.tail_text,
+                    tail_first_line=evidence.tail_first_line, **extra)
 
 
 @dataclass

@@ -41,6 +41,10 @@ class SourceError(ValueError):
     """A tracker source that cannot be read as given; the message says what to do instead."""
 
 
+class SourceNotFound(SourceError):
+    """The store or run named is not there (yet): a run being watched may not have logged its first record."""
+
+
 @dataclass(frozen=True)
 class TrackerSource:
     """A run in a tracker: `location` is the server URL (mlflow) or the store file (trackio)."""
@@ -205,7 +209,7 @@ def _read_trackio(source: TrackerSource, collector: Collector) -> None:
     if not db.is_file():
         others = sorted(p.stem for p in db.parent.glob("*.db"))[:10] if db.parent.is_dir() else []
         hint = f" Projects there: {', '.join(others)}." if others else ""
-        raise SourceError(f"trackio project '{db.stem}' has no store at {db}.{hint} trackio keeps one <project>.db "
+        raise SourceNotFound(f"trackio project '{db.stem}' has no store at {db}.{hint} trackio keeps one <project>.db "
                           "per project in $TRACKIO_DIR (default ~/.cache/huggingface/trackio); start the server "
                           "with --trackio-dir <that folder>.")
     collector.bytes = db.stat().st_size
@@ -232,7 +236,7 @@ def _read_trackio(source: TrackerSource, collector: Collector) -> None:
             _add_trackio_row(collector, step, payload)
         if seen == 0:
             runs = [r for (r,) in conn.execute("SELECT DISTINCT run_name FROM metrics LIMIT 20")]
-            raise SourceError(f"trackio run '{run}' does not exist in project '{db.stem}'. Runs there: "
+            raise SourceNotFound(f"trackio run '{run}' does not exist in project '{db.stem}'. Runs there: "
                               f"{', '.join(runs) or 'none'}.")
     except sqlite3.Error as exc:
         raise SourceError(f"{db} could not be read ({exc}); it may be locked or damaged.") from None

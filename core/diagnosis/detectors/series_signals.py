@@ -88,8 +88,8 @@ def _clip_pinned(ss: SeriesSet, limits: Limits) -> list[Hypothesis]:
     clip_grad_norm_ returns the norm before clipping (what HF logs as grad_norm); a loop that logs the norm
     after clipping shows it equal to the clip value. Both sit at >= clamp_boundary_fraction x the clip."""
     g, cap = ss.curve("grad_norm"), ss.curve("grad_clip")
-    if g is None or cap is None or len(g) < limits.min_points or float(cap.values[-1]) <= 0:
-        return []
+    if g is None or cap is None or len(g) < limits.excerpt_points or float(cap.values[-1]) <= 0:
+        return []  # "every step" needs a run behind it: a fresh init clips its first few steps too
     bound = float(cap.values[-1])
     w = window_size(len(g), limits)
     pinned = g.values >= limits.clamp_boundary_fraction * bound
