@@ -134,3 +134,15 @@ async def test_trackio_errors_and_the_roots_policy(store, tmp_path):
     assert no_run.is_error and "does not exist" in no_run.content[0].text and "collapse" in no_run.content[0].text
     assert no_project.is_error and "Projects there: rl" in no_project.content[0].text
     assert outside.is_error and "outside the allowed roots" in outside.content[0].text
+
+
+async def test_watch_run_on_mlflow_runs_ends_quiet_on_a_finished_healthy_run(mlflow, tmp_path):
+    url, ids = mlflow
+    async with _server(tmp_path) as client:
+        healthy = await client.call_tool("watch_run", {"source": f"mlflow://{_netloc(url)}/{ids['rl_healthy']}",
+                                                       "seconds": 20})
+        collapse = await client.call_tool("watch_run", {"source": f"mlflow://{_netloc(url)}/"
+                                                                  f"{ids['rl_entropy_collapse']}", "seconds": 20})
+    assert not healthy.is_error and not collapse.is_error, healthy.content
+    assert healthy.structured_content["status"] == "quiet" and healthy.structured_content["run_state"] == "finished"
+    assert collapse.structured_content["alarms"][0]["failure"] == "mode_collapse"
