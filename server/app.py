@@ -22,7 +22,7 @@ from ml_debug_mcp.tools._base import ToolEnv
 INSTRUCTIONS = """\
 Debug a training run the way a senior ML engineer would, in this order:
 1. Gather evidence: tail_log on the training log (errors, last metrics, is it still writing?), gpu_status (memory, utilisation, is the process alive?).
-2. Classify: classify_failure on the log (and error text / training script); follow each hypothesis' next_steps (analyze_gradients, check_shapes, read_metrics) until confidence >= 0.8.
+2. Classify: classify_failure on the log (and error text / training script); while a job still runs, watch_run says when it starts to go wrong; follow each hypothesis' next_steps (analyze_gradients, check_shapes, read_metrics) until confidence >= 0.8.
 3. Fix, then record and lock it in: compare_runs on the before/after logs, write_journal with the root cause and fix, create_smoke_test for a regression test.
 Resources: guide://decision-tree, guide://thresholds, guide://failure-catalogue. Paths must lie inside the server's roots."""
 
@@ -70,6 +70,9 @@ def create_server(config: Config | None = None) -> MCPServer:
         worker_timeout=config.worker_timeout,
         worker_memory_mb=config.worker_memory_mb,
         client_roots=config.client_roots,
+        mlflow_uri=config.mlflow_uri,
+        trackio_dir=config.trackio_dir,
+        open_trackers=config.transport == "stdio",
     )
     register_all(mcp, env)
     register_knowledge(mcp, env)

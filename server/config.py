@@ -39,6 +39,8 @@ class Config:
     worker_memory_mb: int = 4096
     log_level: str = "INFO"
     client_roots: bool = True
+    mlflow_uri: str | None = None
+    trackio_dir: Path | None = None
 
     @property
     def is_loopback(self) -> bool:
@@ -74,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Every flag can also be set by an environment variable: ML_DEBUG_MCP_TRANSPORT, _HOST, _PORT, "
             "_ROOTS (os.pathsep-separated), _TOKEN, _ALLOWED_HOSTS, _ALLOWED_ORIGINS (comma-separated), "
-            "_PYTHON, _WORKER_TIMEOUT, _WORKER_MEMORY_MB, _LOG_LEVEL, _CLIENT_ROOTS (0/1). Flags win."
+            "_PYTHON, _WORKER_TIMEOUT, _WORKER_MEMORY_MB, _LOG_LEVEL, _CLIENT_ROOTS (0/1), _MLFLOW_URI, _TRACKIO_DIR. "
+            "Flags win."
         ),
     )
     p.add_argument("--version", action="version", version=f"ml-debug-mcp {__version__}")
@@ -96,7 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-client-roots", action="store_true",
                    help="ignore the roots an MCP client offers (they are only ever taken over stdio, and "
                         "only when no --root is given)")
+    p.add_argument("--mlflow-uri", metavar="URL",
+                   help="MLflow tracking server (http://host:port) whose runs tools read by bare run id; over HTTP "
+                        "it is the only MLflow server tools may reach")
+    p.add_argument("--trackio-dir", metavar="DIR",
+                   help="trackio's store folder for trackio://<project>/<run> (default $TRACKIO_DIR or "
+                        "~/.cache/huggingface/trackio); it must lie inside a --root")
     return p
+
+
+def _mlflow_uri(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--mlflow-uri must be an http(s)://host:port URL of a tracking server, not {raw!r}.")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -155,7 +175,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         worker_memory_mb=memory,
         log_level=log_level,
         client_roots=client_roots,
+        mlflow_uri=_mlflow_uri(getattr(args, "mlflow_uri", None) or _env("MLFLOW_URI")),
+        trackio_dir=_trackio_dir(getattr(args, "trackio_dir", None) or _env("TRACKIO_DIR")),
     )
+
+
+def _trackio_dir(raw: str | None) -> Path | None:
+    return Path(os.path.expanduser(raw)).resolve() if raw else None
 
 
 def _int_setting(flag: int | None, env: str, default: int, *, low: int, high: int) -> int:

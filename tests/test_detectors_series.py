@@ -351,6 +351,16 @@ def test_norm_at_its_clamp_is_an_early_warning_below_the_alarm_level() -> None:
     assert strongest(below, "mode_collapse") is None
 
 
+def test_grad_norm_pinned_at_the_clip_value_on_a_run_clipping_every_step() -> None:
+    h = strongest(tr.to_parsed(tr.run("clipped_every_step")), "exploding_gradients")
+    assert h is not None and h.confidence >= 0.5
+    pinned = next(e for e in h.evidence if "clip value" in e.text)
+    assert "0.5" in pinned.text and "100%" in pinned.text and h.onset_step == 1
+    healthy = strongest(tr.to_parsed(tr.run("clipped_healthy")), "exploding_gradients")
+    assert healthy is None  # clipped early on only, then well under its clip value
+    assert "healthy" in {h.failure for h in detect_series(tr.to_parsed(tr.run("clipped_healthy")))}
+
+
 def test_rank_collapse_mentions_the_good_looking_loss() -> None:
     h = strongest(tr.to_parsed(tr.run("rank_collapse")), "rank_collapse")
     assert any("convergence looks great" in e.text for e in h.evidence)

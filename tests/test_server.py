@@ -22,7 +22,7 @@ from ml_debug_mcp.server.config import Config
 pytestmark = pytest.mark.anyio
 
 TOOLS = {"tail_log", "read_metrics", "gpu_status", "classify_failure", "analyze_gradients", "check_shapes",
-         "compare_runs", "write_journal", "create_smoke_test"}
+         "compare_runs", "write_journal", "create_smoke_test", "watch_run"}
 WRITING_TOOLS = {"write_journal", "create_smoke_test"}
 TOKEN = "test-token-0123456789abcdef"
 

@@ -25,6 +25,18 @@ from torch import nn
 FORMATS = ("hf", "jsonl", "csv", "nanogpt", "kv")
 
 
+# When set (by tests/live_training.py), every record a run logs is also handed to it as it is logged, so a
+# background process can write the run's log live while it trains.
+RECORD_SINK: list[Callable[[dict], None]] = []
+
+
+class _Records(list):
+    def append(self, record: dict) -> None:
+        super().append(record)
+        for sink in RECORD_SINK:
+            sink(record)
+
+
 @dataclass
 class TrainingRun:
     """A finished run: what it reproduces and the metric records it logged."""
@@ -32,7 +44,7 @@ class TrainingRun:
     name: str
     failure: str  # expected failure id (core/diagnosis/catalogue.py)
     description: str
-    records: list[dict[str, float]] = field(default_factory=list)
+    records: list[dict[str, float]] = field(default_factory=_Records)
 
     def values(self, metric: str) -> list[float]:
         return [r[metric] for r in self.records if metric in r]
@@ -335,6 +347,38 @@ def rl_healthy() -> TrainingRun:
                        entropy_coef=0.02, kl_coef=0.05, lr=0.02, steps=150)
 
 
+def _clipped_run(name: str, failure: str, description: str, *, target_scale: float, lr: float, clip: float,
+                 steps: int = 150, seed: int = 17) -> TrainingRun:
+    """Regression under clip_grad_norm_: targets far from the init keep the norm above the clip on every step."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 16, generator=g)
+    y = target_scale * (x @ torch.randn(16, 1, generator=g))
+    model = _mlp(16, 32, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    out = TrainingRun(name, failure, description)
+    for step in range(1, steps + 1):
+        loss = nn.functional.mse_loss(model(x), y)  # full batch: the curve shows the clipping, not batch noise
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # the norm before clipping, as HF logs it
+        opt.step()
+        out.records.append({"step": step, "loss": loss.item(), "grad_norm": float(norm), "max_grad_norm": clip,
+                            "lr": lr})
+    return out
+
+
+def clipped_every_step() -> TrainingRun:
+    return _clipped_run("clipped_every_step", "exploding_gradients",
+                        "clip 0.5 against a grad norm of ~4: every step is clipped, the loss falls linearly",
+                        target_scale=1.0, lr=0.01, clip=0.5)
+
+
+def clipped_healthy() -> TrainingRun:
+    return _clipped_run("clipped_healthy", "healthy", "clip 5.0 above a grad norm that falls under 1",
+                        target_scale=1.0, lr=0.05, clip=5.0)
+
+
 def _effective_rank_ratio(z: torch.Tensor) -> float:
     """exp(entropy of the normalised singular values) / dim (Roy & Vetterli's effective rank)."""
     s = torch.linalg.svdvals(z)
@@ -414,6 +458,8 @@ RUNS: dict[str, Callable[[], TrainingRun]] = {
     "rank_collapse": rank_collapse,
     "rank_healthy": functools.partial(rank_collapse, diversity_weight=0.5),
     "slow_throughput": slow_throughput,
+    "clipped_every_step": clipped_every_step,
+    "clipped_healthy": clipped_healthy,
 }
 
 

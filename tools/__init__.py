@@ -18,9 +18,10 @@ def register_all(mcp: MCPServer, env: ToolEnv) -> None:
         gpu_status,
         read_metrics,
         tail_log,
+        watch_run,
         write_journal,
     )
 
-    for module in (tail_log, read_metrics, gpu_status, classify_failure, analyze_gradients, check_shapes,
+    for module in (tail_log, read_metrics, gpu_status, classify_failure, watch_run, analyze_gradients, check_shapes,
                    compare_runs, write_journal, create_smoke_test):
         module.register(mcp, env)

@@ -47,6 +47,9 @@ class ToolEnv:
     worker_timeout: float
     worker_memory_mb: int
     client_roots: bool = True
+    mlflow_uri: str | None = None  # the operator's MLflow server: bare run ids go there
+    trackio_dir: Path | None = None  # where trackio:// projects live (None: trackio's own default)
+    open_trackers: bool = True  # any mlflow:// host (stdio, the user's own client); over HTTP only mlflow_uri
 
 
 async def effective_roots(env: ToolEnv, ctx: Context | None) -> Roots:

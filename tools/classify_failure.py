@@ -11,14 +11,16 @@ from mcp_types import CallToolResult
 from pydantic import Field
 
 from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Hypothesis, confidence_text
+from ml_debug_mcp.core.logs.sources import TrackerSource
 from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
     translate_errors
+from ml_debug_mcp.tools._sources import SOURCE_HELP, resolve_source
 
 MAX_TEXT_CHARS = 128_000_000  # a paste this long is still answered: core reads its last 8 MB and says so
 SeriesArg = dict[str, list[list[float | None]]]
 
 
-def diagnose(log_path: Path | None = None, log_text: str | None = None, error_text: str | None = None,
+def diagnose(log_path: Path | TrackerSource | None = None, log_text: str | None = None, error_text: str | None = None,
              code_path: Path | None = None, series: SeriesArg | None = None, fmt: str | None = None,
              log_label: str | None = None, progress=None) -> Diagnosis:
     """Route the evidence given to the matching core entry point (shared by the tool and the CLI)."""
@@ -73,12 +75,15 @@ def evidence_marks(diagnosis: Diagnosis, limit: int = 6) -> list[tuple[float, st
     return marks[:limit]
 
 
-def _plot(diagnosis: Diagnosis, log_path: Path | None, log_text: str | None, series: SeriesArg | None,
+def _plot(diagnosis: Diagnosis, log_path: Path | TrackerSource | None, log_text: str | None, series: SeriesArg | None,
           fmt: str | None) -> list[bytes]:
     from ml_debug_mcp.core.diagnosis.classify import parse_safely, parsed_from_series
+    from ml_debug_mcp.core.logs.sources import read_source
     from ml_debug_mcp.core.plot import plot_metrics
 
-    if log_path is not None:
+    if isinstance(log_path, TrackerSource):
+        parsed = read_source(log_path)
+    elif log_path is not None:
         parsed = parse_safely(path=log_path, fmt=fmt)
     elif log_text is not None:
         parsed = parse_safely(text=log_text, fmt=fmt)
@@ -113,7 +118,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
     )
     @translate_errors("classify_failure")
     async def classify_failure(
-        log_path: Annotated[str | None, Field(description="training log file or run directory inside the roots")] = None,
+        log_path: Annotated[str | None, Field(description="the training log: " + SOURCE_HELP)] = None,
         log_text: Annotated[str | None, Field(description="log text, when there is no file", max_length=MAX_TEXT_CHARS)] = None,
         error_text: Annotated[str | None, Field(description="an error message, traceback or pasted log excerpt", max_length=MAX_TEXT_CHARS)] = None,
         code_path: Annotated[str | None, Field(description="the training script (.py or .ipynb) to scan")] = None,
@@ -126,7 +131,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
             raise ToolError("Give at least one piece of evidence: log_path (best), log_text, error_text, series or "
                             "code_path. Start with tail_log if you do not know where the log is.")
         roots = await effective_roots(env, ctx)
-        log = await resolve_path(roots, log_path, what="log_path") if log_path else None
+        log = await resolve_source(env, ctx, log_path, what="log_path") if log_path else None
         code = await resolve_path(roots, code_path, what="code_path", expect="file") if code_path else None
         diagnosis = await run_blocking(ctx, diagnose, log, log_text, error_text, code, series, format, log_path)
         images = await run_blocking(None, _plot, diagnosis, log, log_text, series, format) if plot else []

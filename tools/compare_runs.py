@@ -9,8 +9,8 @@ from mcp_types import CallToolResult
 from pydantic import Field
 
 from ml_debug_mcp.core.diagnosis.compare import Comparison
-from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, resolve_path, run_blocking, tool_result, \
-    translate_errors
+from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, run_blocking, tool_result, translate_errors
+from ml_debug_mcp.tools._sources import SOURCE_HELP, resolve_source
 
 
 def summarize(c: Comparison) -> str:
@@ -42,8 +42,8 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
     )
     @translate_errors("compare_runs")
     async def compare_runs(
-        before_path: Annotated[str, Field(description="log of the failed run")],
-        after_path: Annotated[str, Field(description="log of the run with the fix")],
+        before_path: Annotated[str, Field(description="the failed run: " + SOURCE_HELP)],
+        after_path: Annotated[str, Field(description="the run with the fix, the same kinds of source")],
         metric: Annotated[str | None, Field(description="the target metric, e.g. loss, eval_loss, accuracy, reward; "
                                                         "default: the one the old failure calls for (eval_loss for "
                                                         "overfitting, reward for mode collapse, else loss)")] = None,
@@ -53,9 +53,8 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         from ml_debug_mcp.core.diagnosis.compare import compare_paths
         from ml_debug_mcp.core.logs.series import canonical_metric_name
 
-        roots = await effective_roots(env, ctx)
-        before = await resolve_path(roots, before_path, what="before_path")
-        after = await resolve_path(roots, after_path, what="after_path")
+        before = await resolve_source(env, ctx, before_path, what="before_path")
+        after = await resolve_source(env, ctx, after_path, what="after_path")
         comparison = await run_blocking(ctx, compare_paths, before, after,
                                         canonical_metric_name(metric) if metric else None, format)
         return tool_result(comparison, summarize(comparison))

@@ -9,8 +9,8 @@ from mcp_types import CallToolResult
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.logs.series import MetricSeries, ParsedLog
-from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, effective_roots, human_size, resolve_path, run_blocking, \
-    tool_result, translate_errors
+from ml_debug_mcp.tools._base import READ_ONLY, ToolEnv, human_size, run_blocking, tool_result, translate_errors
+from ml_debug_mcp.tools._sources import SOURCE_HELP, resolve_source
 
 MAX_SERIES = 24
 
@@ -109,14 +109,15 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         description=(
             "Parse every metric in a training log (or run directory) into series against step: HF Trainer, "
             "trainer_state.json, Lightning metrics.csv, JSON lines, CSV/TSV, key-value text (nanoGPT, Keras, "
-            "fairseq, Megatron/DeepSpeed), TensorBoard events, MLflow and W&B offline files. Each series is "
+            "fairseq, Megatron/DeepSpeed), TensorBoard events, MLflow and W&B offline files, or a tracker run "
+            "(mlflow://host:port/<run_id>, trackio://<project>/<run>). Each series is "
             "downsampled to max_points keeping extremes and NaN/Inf positions, with exact stats. plot=true "
             "adds a PNG of loss/eval loss/lr/grad norm against step."
         ),
     )
     @translate_errors("read_metrics")
     async def read_metrics(
-        path: Annotated[str, Field(description="log file or run directory inside the roots")],
+        path: Annotated[str, Field(description=SOURCE_HELP)],
         names: Annotated[list[str] | None, Field(description="metric names to return (default: all), e.g. ['loss', 'eval_loss']")] = None,
         format: Annotated[str | None, Field(description="force a format id instead of auto-detection, e.g. 'hf_trainer', 'jsonl', 'tensorboard'")] = None,
         rank: Annotated[int | None, Field(ge=0, description="only this rank of a multi-rank log")] = None,
@@ -124,10 +125,10 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         plot: Annotated[bool, Field(description="attach a PNG plot of the main curves")] = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ReadMetricsResult]:
-        from ml_debug_mcp.core.logs.metrics import parse_metrics
+        from ml_debug_mcp.core.logs.sources import read_source
 
-        target = await resolve_path(await effective_roots(env, ctx), path, what="path")
-        parsed = await run_blocking(ctx, parse_metrics, target, format, max_points=max_points)
+        target = await resolve_source(env, ctx, path, what="path")
+        parsed = await run_blocking(ctx, read_source, target, format, max_points=max_points)
         result = read_metrics_model(parsed, names, rank)
         images = []
         if plot and result.series:

@@ -20,6 +20,7 @@ from ml_debug_mcp.core.diagnosis.catalogue import failure_info
 from ml_debug_mcp.core.diagnosis.compare import target_metric
 from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothesis, NextStep, confidence_text
 from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name, last_run
+from ml_debug_mcp.core.logs.sources import TrackerSource
 
 CONFIRMED = 0.8  # at or above: the diagnosis stands; below: say what evidence is missing
 HEALTHY_VETO = 0.5  # a failure this confident rules out calling the run healthy
@@ -466,7 +467,7 @@ def classify_text(text: str, fmt: str | None = None, *, code_path: Path | None =
 TAIL_LINES_SCANNED = 200  # the last lines also searched for stand-alone error lines
 
 
-def classify_path(path: Path, fmt: str | None = None, *, log_path: str | None = None, code_path: Path | None = None,
+def classify_path(path: Path | TrackerSource, fmt: str | None = None, *, log_path: str | None = None, code_path: Path | None = None,
                   error_text: str | None = None,
                   series: Mapping[str, Sequence[Sequence[float | None]]] | None = None,
                   progress: Callable[[float, float | None, str | None], None] | None = None) -> Diagnosis:
@@ -475,10 +476,20 @@ def classify_path(path: Path, fmt: str | None = None, *, log_path: str | None = 
     `path` is already resolved inside the roots; `log_path` is how the caller named it (defaults
     to `path`), used in suggested tool calls. Raises ValueError only for an unknown `fmt`.
     """
-    evidence = read_log_evidence(Path(path), fmt, progress)
-    return classify(evidence.parsed, error_text=error_text, code_path=code_path, log_path=log_path or str(path),
-                    series=series, error_blocks=evidence.blocks, tail_text=evidence.tail_text,
-                    tail_first_line=evidence.tail_first_line)
+    evidence = read_log_evidence(path if isinstance(path, TrackerSource) else Path(path), fmt, progress)
+    return classify_evidence(evidence, log_path or source_label(path), error_text=error_text, code_path=code_path,
+                             series=series)
+
+
+def source_label(path: Path | TrackerSource) -> str:
+    """How suggested tool calls name a source: the tracker URI as written, or the path."""
+    return path.label if isinstance(path, TrackerSource) else str(path)
+
+
+def classify_evidence(evidence: "LogEvidence", log_path: str, **extra: Any) -> Diagnosis:
+    """classify() on what read_log_evidence found: the series, the error blocks and the tail text."""
+    return classify(evidence.parsed, log_path=log_path, error_blocks=evidence.blocks, tail_text=evidence.tail_text,
+                    tail_first_line=evidence.tail_first_line, **extra)
 
 
 @dataclass
@@ -491,11 +502,16 @@ class LogEvidence:
     tail_first_line: int
 
 
-def read_log_evidence(path: Path, fmt: str | None = None,
+def read_log_evidence(path: Path | TrackerSource, fmt: str | None = None,
                       progress: Callable[[float, float | None, str | None], None] | None = None) -> LogEvidence:
-    """Parse a log (or run directory) and cut the errors out of its last 256 KB; never raises but for `fmt`."""
+    """Parse a log (or run directory) and cut the errors out of its last 256 KB, or read a tracker run.
+
+    Never raises but for `fmt`, and a SourceError (a ValueError) for a tracker run that cannot be read."""
+    from ml_debug_mcp.core.logs.sources import read_tracker
     from ml_debug_mcp.core.logs.tail import tail_file
 
+    if isinstance(path, TrackerSource):  # a tracker keeps metrics only: no log text to scan for errors
+        return LogEvidence(read_tracker(path, progress=progress).parsed, [], None, 1)
     parsed = parse_safely(path=path, fmt=fmt, progress=progress)
     evidence = LogEvidence(parsed, [], None, 1)
     if path.is_file():

@@ -17,6 +17,7 @@ from typing import Literal
 from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS
 from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothesis, confidence_text
 from ml_debug_mcp.core.logs.series import MetricSeries, ParsedLog, canonical_metric_name
+from ml_debug_mcp.core.logs.sources import TrackerSource
 from pydantic import BaseModel, Field
 
 Verdict = Literal["fixed", "improved_but_unverified", "not_fixed", "regressed"]
@@ -258,12 +259,12 @@ def _summary(c: Comparison, gain_ok: bool, stable_ok: bool) -> str:
     return f"{head}: " + "; ".join(parts) + "."
 
 
-def compare_paths(before: Path, after: Path, metric: str | None = None, fmt: str | None = None) -> Comparison:
+def compare_paths(before: Path | TrackerSource, after: Path | TrackerSource, metric: str | None = None,
+                  fmt: str | None = None) -> Comparison:
     """compare_runs on two log files (already resolved inside the roots), their errors included: an OOM or a
     shape error that is still there after the fix shows up in the log, not in the metrics."""
-    from ml_debug_mcp.core.diagnosis.classify import classify, read_log_evidence
+    from ml_debug_mcp.core.diagnosis.classify import classify_evidence, read_log_evidence, source_label
 
-    runs = [read_log_evidence(Path(p), fmt) for p in (before, after)]
-    diagnoses = tuple(classify(run.parsed, log_path=str(p), error_blocks=run.blocks, tail_text=run.tail_text,
-                               tail_first_line=run.tail_first_line) for run, p in zip(runs, (before, after)))
+    runs = [read_log_evidence(p if isinstance(p, TrackerSource) else Path(p), fmt) for p in (before, after)]
+    diagnoses = tuple(classify_evidence(run, source_label(p)) for run, p in zip(runs, (before, after)))
     return compare_runs(runs[0].parsed, runs[1].parsed, metric=metric, diagnoses=diagnoses)

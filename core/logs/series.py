@@ -46,6 +46,8 @@ _ALIASES: dict[str, set[str]] = {
     "v_norm": {"v_norm", "vnorm", "vector_norm"},
     "v_norm_max": {"v_norm_max", "max_norm", "clamp_max_norm", "v_max_norm"},
     "effective_rank": {"effective_rank", "eff_rank", "erank", "effective_rank_ratio", "rank_ratio"},
+    "grad_clip": {"max_grad_norm", "grad_clip", "clip_value", "gradient_clip_val", "grad_clip_norm", "clip_norm",
+                  "clip_grad_norm", "max_grad_norm_clip"},
     "update_ratio": {"update_ratio", "weight_update_ratio", "update_to_weight", "update_weight_ratio"},
     "loss_scale": {"loss_scale", "scale", "grad_scale", "loss_scaler"},
     "memory": {"memory", "mem", "max_memory_allocated", "gpu_mem", "mem_gb", "memory_gb", "max_mem"},

@@ -77,6 +77,7 @@ class Limits:
     layer_ratio_vanishing: float = 1e-3  # weakest / strongest per-layer gradient norm
     grad_norm_tiny: float = float(THRESHOLDS["grad_norm_vanishing"].value)  # as good as no gradient
     grad_spike_share: float = 0.05  # share of steps above the exploding threshold for "repeated"
+    clip_pinned_share: float = 0.9  # share of the tail at the clip value (x clamp_boundary_fraction): every step clipped
     # --- RL / generation
     entropy_collapse_fraction: float = 0.25  # entropy tail under this share of its start
     advantage_zero: float = 1e-3  # advantage std under this: no learning signal left

@@ -78,8 +78,32 @@ def detect_grad_norm(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]
     if items:
         first = int(np.nonzero(high)[0][0]) if high.any() else peak_i
         out.append(hypothesis("exploding_gradients", confidence, items, g.step_at(first)))
-    out += _layer_ratio(ss, limits)
+    out += _layer_ratio(ss, limits) + _clip_pinned(ss, limits)
     return out
+
+
+def _clip_pinned(ss: SeriesSet, limits: Limits) -> list[Hypothesis]:
+    """The grad norm at its clip value on nearly every step: clipping has become the optimiser.
+
+    clip_grad_norm_ returns the norm before clipping (what HF logs as grad_norm); a loop that logs the norm
+    after clipping shows it equal to the clip value. Both sit at >= clamp_boundary_fraction x the clip."""
+    g, cap = ss.curve("grad_norm"), ss.curve("grad_clip")
+    if g is None or cap is None or len(g) < limits.excerpt_points or float(cap.values[-1]) <= 0:
+        return []  # "every step" needs a run behind it: a fresh init clips its first few steps too
+    bound = float(cap.values[-1])
+    w = window_size(len(g), limits)
+    pinned = g.values >= limits.clamp_boundary_fraction * bound
+    share = float(np.mean(pinned[-w:]))
+    if share < limits.clip_pinned_share:
+        return []
+    onset = next((g.step_at(i) for i in range(len(g)) if pinned[i:].all()), g.step_at(len(g) - w))
+    return [hypothesis("exploding_gradients", 0.55, [evidence(
+        g, f"{g.label} at or above its clip value {fmt(bound)} on {100 * share:.0f}% of the last {w} steps "
+           f"(median {fmt(median(g.tail(w)))}): every step is clipped, so the step size is lr x clip / norm and the "
+           "gradient only gives a direction; the lr is too high or the loss scale is off",
+        f"grad_norm >= {limits.clamp_boundary_fraction:g} x grad_clip on >= {100 * limits.clip_pinned_share:g}% "
+        f"of last {w}", step=g.step_at(len(g) - 1), value=float(median(g.tail(w))))], onset,
+        causes=catalogue_cause("exploding_gradients", "learning rate"))]
 
 
 def _layer_ratio(ss: SeriesSet, limits: Limits) -> list[Hypothesis]:
