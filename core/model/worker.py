@@ -358,8 +358,24 @@ def explain_failure(error: dict, *, python: str, memory_mb: int, task: dict) -> 
         "entry_attribute": _attribute_message(error, where),
         "factory_raised": f"The factory {factory} raised {_cause(error)}{frame}. It is called with no arguments and "
                           "must build the model (and optionally a batch and loss_fn).",
-        "factory_result": f"The factory {factory} returned {error.get('returned')}; it must return an "
-                          "nn.Module, (model, batch) or (model, batch, loss_fn).",
+        "factory_result": f"The factory {factory} does not fit the contract: {error.get('message', '')}",
+        "factory_contract": f"The factory {factory} cannot be called: {error.get('message', '')}",
+        "meta_value": f"The factory {factory} read a tensor's value ({_cause(error)}){frame} while check_shapes built "
+                      "it on the meta device, where tensors have shapes but no values (so a 7B model costs no "
+                      "memory). Move that read (.item(), .tolist(), bool(t), printing a tensor) out of the model's "
+                      "construction, or pass meta=false to build real weights (needs the memory).",
+        "meta_unsupported": f"The forward pass cannot run on the meta device ({error.get('reason')}{error.get('where')}) "
+                            f"and real weights would need {error.get('needed_mb')} MiB, above the "
+                            f"{error.get('budget_mb')} MiB allowed for the fallback. Move value reads (.item(), "
+                            "data-dependent shapes) out of forward, or trace a smaller configuration.",
+        "no_cuda": f"device={error.get('device')!r} was requested, but the worker sees no CUDA GPU on this host "
+                   "(no driver, or no such index). Leave device='cpu' (the default), or run the server on the GPU "
+                   "host and name a GPU it has (gpu_status lists them).",
+        "device_failed": f"Moving the model and batch to the GPU raised {_cause(error)}{frame}.",
+        "step_failed": f"The {error.get('phase', 'step')} raised {_cause(error)}{frame}. If that is a shape error, "
+                       "call check_shapes with the same entrypoint to see which layer disagrees; if the loss was "
+                       "called the wrong way, rename loss_fn's parameters (model, batch) or (output, target), or "
+                       "pass loss='mse', 'cross_entropy' or 'sum'.",
         "no_inputs": f"The factory {factory} returned only the model, so there is no batch to run: pass "
                      "input_shapes (one shape per forward argument, batch dimension included), or make the factory "
                      "return (model, batch).",
@@ -369,10 +385,6 @@ def explain_failure(error: dict, *, python: str, memory_mb: int, task: dict) -> 
                      "under `if __name__ == '__main__':` or out of the factory.",
         "memory": f"The worker ran out of memory while {phase} (limit {memory_mb} MiB): {_cause(error)}{frame}. Use "
                   "smaller input_shapes or a smaller model, or raise --worker-memory-mb.",
-        "forward_failed": f"The forward pass raised {_cause(error)}{frame}. Call check_shapes with the same "
-                          "entrypoint and input_shapes to see which layer disagrees with its input.",
-        "loss_failed": f"Computing the loss raised {_cause(error)}{frame}. Pass loss='mse', 'cross_entropy' or "
-                       "'sum', or return (model, batch, loss_fn) from the factory.",
         "backward_failed": f"The backward pass raised {_cause(error)}{frame}.",
         "optimizer_failed": f"The optimizer step raised {_cause(error)}{frame}.",
         "unsafe_pickle": f"Refusing to load {error.get('file')}: it is not a plain weights file "
