@@ -105,7 +105,7 @@ def loss_form(loss_fn: Callable[..., Any]) -> tuple[str, str]:
     shown = f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)}({', '.join(p.name for p in params)})"
     if len(required) > 2:
         raise ContractError(f"loss_fn {shown} needs {len(required)} arguments; it is called with two")
-    if len(params) == 1 or len(required) == 1 and names[0] in OUTPUT_NAMES:
+    if len(params) == 1:
         return "output", f"{shown} takes one argument"
     annotations = [p.annotation for p in params[:2]]
     if any(isinstance(a, type) and issubclass(a, torch.nn.Module) for a in annotations[:1]) or \

@@ -27,6 +27,11 @@ except ImportError:  # an older or newer torch: the common constructors
         "empty", "zeros", "ones", "full", "rand", "randn", "randint", "arange", "linspace", "tensor", "eye",
         "empty_strided", "randperm", "normal", "logspace") if hasattr(torch, n))
 MOVES = frozenset({torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda})
+# Random initialisers: meaningless without values, and on meta some run as Python decompositions
+# whose first use imports torch._dynamo (seconds). On a meta tensor they return it unchanged.
+INITIALISERS = frozenset(getattr(torch.Tensor, n) for n in (
+    "normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_",
+    "erfinv_") if hasattr(torch.Tensor, n))
 META_ERRORS = ("meta tensor", "'Meta' backend", "Meta backend", "on meta tensors", "data-dependent",
                "Cannot copy out of meta", "meta device", "with meta", "DispatchKey.Meta", "to_empty")
 
@@ -53,6 +58,8 @@ class MetaInit(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in CONSTRUCTORS and kwargs.get("device") is None and _in_module_init():
             kwargs["device"] = "meta"
+        elif func in INITIALISERS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
         elif func in MOVES and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             dtype = kwargs.get("dtype") or next((a for a in args[1:] if isinstance(a, torch.dtype)), None)
             other = next((a for a in args[1:] if isinstance(a, torch.Tensor)), None)

@@ -16,6 +16,8 @@ This module imports no torch: the server imports it.
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import re
@@ -32,6 +34,7 @@ from pathlib import Path
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
+CONTRACT_FILE = Path(__file__).with_name("contract.py")
 MAX_RESULT_BYTES = 32 << 20
 STDERR_TAIL_BYTES = 32 << 10
 STRAY_STDOUT_LINES = 20
@@ -52,6 +55,16 @@ class WorkerError(ValueError):
         super().__init__(message)
         self.kind = kind
         self.detail = detail or {}
+
+
+@functools.cache
+def contract_text() -> str:
+    """FACTORY_CONTRACT from contract.py, read from its syntax tree: the server never imports torch for it."""
+    tree = ast.parse(CONTRACT_FILE.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FACTORY_CONTRACT" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("contract.py defines no FACTORY_CONTRACT")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,10 +146,12 @@ def resolve_entrypoint(roots: Roots, raw: str) -> ResolvedEntry:
 # Running the worker
 
 
-def worker_environment() -> dict[str, str]:
-    """The server's environment minus anything secret-looking or ours, with GPUs hidden and threads bounded."""
+def worker_environment(gpu: int | None = None) -> dict[str, str]:
+    """The server's environment minus anything secret-looking or ours, with GPUs hidden (all but `gpu`, when a
+    caller opted in to one) and threads bounded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ML_DEBUG_MCP_") and not _SECRET_NAME.search(k)}
-    env.update(CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    env.update(CUDA_VISIBLE_DEVICES="" if gpu is None else str(gpu), PYTHONDONTWRITEBYTECODE="1",
+               PYTHONUNBUFFERED="1")
     # Few threads and malloc arenas: the worker should not steal the training run's cores, and every
     # thread arena reserves 64 MB of address space that would count against RLIMIT_AS on a many-core host.
     env.setdefault("OMP_NUM_THREADS", str(min(4, os.cpu_count() or 1)))
@@ -144,11 +159,14 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
-def _limit_resources(memory_mb: int) -> Callable[[], None]:
-    """preexec_fn: only async-signal-safe-ish C calls on an already imported module (no imports, no locks)."""
-    wanted = memory_mb << 20
+def _limit_resources(memory_mb: int, gpu: bool = False) -> Callable[[], None]:
+    """preexec_fn: only async-signal-safe-ish C calls on an already imported module (no imports, no locks).
+
+    With a GPU the address-space limit is left off: a CUDA context maps far more virtual memory than it uses.
+    """
+    wanted = memory_mb << 20 if not gpu else resource.RLIM_INFINITY
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    limit = wanted if hard == resource.RLIM_INFINITY else hard if wanted == resource.RLIM_INFINITY else min(wanted, hard)
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -223,6 +241,24 @@ class _Reader:
 
 def run_worker(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path,
                progress: Progress | None = None) -> dict:
+    """Run one task (see worker_main) in a fresh limited process and return its result dict; see _run."""
+    gpu = gpu_index(task.get("device"))
+    return _run(task, python, timeout, memory_mb, cwd, progress, gpu)
+
+
+def gpu_index(device: str | None) -> int | None:
+    """'cuda:1' -> 1, 'cuda' -> 0, 'cpu'/None -> None; ValueError for anything else."""
+    text = (device or "cpu").strip().lower()
+    if text == "cpu":
+        return None
+    match = re.fullmatch(r"cuda(?::(\d{1,2}))?", text)
+    if not match:
+        raise ValueError(f"device={device!r}: use 'cpu' (the default) or a named GPU such as 'cuda:0' or 'cuda:1'.")
+    return int(match.group(1) or 0)
+
+
+def _run(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path, progress: Progress | None,
+         gpu: int | None) -> dict:
     """Run one task (see worker_main) in a fresh limited process and return its result dict.
 
     Raises WorkerError, with what happened and what to do, for every way the worker can fail:
@@ -233,8 +269,8 @@ def run_worker(task: dict, python: str, timeout: float, memory_mb: int, cwd: Pat
     payload = json.dumps({**task, "marker": marker}).encode()
     try:
         proc = subprocess.Popen([python, "-E", "-B", str(WORKER_MAIN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=str(cwd), env=worker_environment(), close_fds=True,
-                                start_new_session=True, preexec_fn=_limit_resources(memory_mb))
+                                stderr=subprocess.PIPE, cwd=str(cwd), env=worker_environment(gpu), close_fds=True,
+                                start_new_session=True, preexec_fn=_limit_resources(memory_mb, gpu is not None))
     except OSError as exc:
         raise WorkerError("interpreter", f"Cannot start the worker interpreter {python!r} ({exc}). Set --python "
                                          "(ML_DEBUG_MCP_PYTHON) to the Python your training uses (it needs torch).") from None
