@@ -170,6 +170,29 @@ def sync_buggy(): return Guarded(True), _batch()
 def model_only(): return _mlp()
 
 
+def step(model, batch):
+    """The other loss_fn form, loss_fn(model, batch): the same losses the contract's default computes."""
+    if isinstance(batch, torch.Tensor):
+        out = model(batch)
+        return nn.functional.mse_loss(out, torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def loss(output, target=None):
+    """loss_fn(output, target), written out: cross-entropy to the labels, MSE to a fixed target without them."""
+    if target is None:
+        return nn.functional.mse_loss(output, torch.randn(output.shape, generator=torch.Generator().manual_seed(1)))
+    return nn.functional.cross_entropy(output, target)
+
+
 def hangs():
     time.sleep(600)
 '''
+
+# Every pair again with each loss_fn form: `nan_fixed_step()` returns (*nan_fixed(), step), `nan_fixed_loss()`
+# (*nan_fixed(), loss).
+PAIR_STEMS = ("nan", "graph", "flow", "explode", "shape", "dtype", "device", "labels", "ddp", "memory", "plateau",
+              "rank", "sync")
+MODELS += "".join(f"\n\ndef {stem}_{variant}_{fn}():\n    model, batch = {stem}_{variant}()\n    return model, batch, {fn}\n"
+                  for stem in PAIR_STEMS for variant in ("fixed", "buggy") for fn in ("step", "loss"))

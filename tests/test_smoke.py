@@ -181,7 +181,7 @@ def generated_runs(project: Path) -> dict[str, tuple[str, str]]:
         failure = next(f for f, t in TEMPLATE_FOR_FAILURE.items() if t == name)
         create_smoke_test(stand_ins / f"test_{name}.py", failure, root=project)
     for failure, (stem, _) in PAIRS.items():
-        for variant in ("fixed", "buggy"):
+        for variant in ("fixed", "buggy", "fixed_step", "buggy_step", "fixed_loss", "buggy_loss"):
             target = pairs / f"test_{failure}_{variant}.py"
             create_smoke_test(target, failure, root=project,
                               factory=check_entrypoint(roots, f"models.py:{stem}_{variant}"))
@@ -207,10 +207,13 @@ def test_every_template_passes_on_its_tiny_stand_in_model(generated_runs: dict[s
     assert skipped == ["test_no_host_sync::test_training_step_runs_under_cuda_sync_debug_mode_error"]
 
 
-def test_each_check_passes_on_the_fixed_model_and_fails_on_the_buggy_one(generated_runs: dict[str, tuple[str, str]]):
+@pytest.mark.parametrize("form", ["", "_step", "_loss"])
+def test_each_check_passes_on_the_fixed_model_and_fails_on_the_buggy_one(generated_runs: dict[str, tuple[str, str]],
+                                                                         form: str):
+    """Every factory form: no loss_fn (the default loss), step(model, batch) and loss(output, target)."""
     for failure, (_, message) in PAIRS.items():
-        fixed = {k: v for k, v in generated_runs.items() if k.startswith(f"test_{failure}_fixed::")}
-        buggy = {k: v for k, v in generated_runs.items() if k.startswith(f"test_{failure}_buggy::")}
+        fixed = {k: v for k, v in generated_runs.items() if k.startswith(f"test_{failure}_fixed{form}::")}
+        buggy = {k: v for k, v in generated_runs.items() if k.startswith(f"test_{failure}_buggy{form}::")}
         outcomes = [outcome for outcome, _ in fixed.values()]
         assert "passed" in outcomes and set(outcomes) <= {"passed", "skipped"}, (failure, fixed)
         failed = [text for outcome, text in buggy.values() if outcome in ("failure", "error")]

@@ -60,7 +60,7 @@ async def test_each_user_code_failure_is_a_clear_error_and_the_server_keeps_serv
         "exits": ["sys.exit(3)", "misbehaving.py", "in exits"],
         "allocates_too_much": ["ran out of memory", "1536 MiB", "--worker-memory-mb"],
         "raises": ["KeyError", "'hidden_size'", "misbehaving.py", "config[\"hidden_size\"]"],
-        "returns_a_string": ["returned a builtins.str", "nn.Module, (model, batch)"],
+        "returns_a_string": ["returned a builtins.str", "returns model, (model, batch) or (model, batch, loss_fn)", "Example:"],
         "nope": ["has no attribute 'nope'", "segfault", "spins_with_child"],
         "spins_with_child": ["did not finish within 20 s", "killed with everything it started", "--worker-timeout"],
     }

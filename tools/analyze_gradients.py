@@ -28,6 +28,9 @@ def summarize(analysis: GradientAnalysis) -> str:
 
 def _report_lines(r: GradientReport) -> list[str]:
     lines = [f"\n[{_SOURCE_TITLES[r.source]}] {r.target}", r.summary]
+    if r.source == "model":
+        lines.append(f"ran on {r.settings.get('device') or 'cpu'} ({r.settings.get('param_dtype')}); loss as "
+                     f"{r.settings.get('loss_form')}")
     if r.global_grad_norm is not None or r.global_grad_nonfinite:
         lines.append(f"global grad norm (last): {(r.global_grad_nonfinite or '').upper() or fmt(r.global_grad_norm)}")
     for h in r.hypotheses[:3]:
@@ -55,6 +58,8 @@ def _layer_line(layer: LayerGradient) -> str:
 
 
 def register(mcp: MCPServer, env: ToolEnv) -> None:
+    from ml_debug_mcp.core.model.worker import contract_text
+
     @mcp.tool(
         name="analyze_gradients",
         title="Analyze gradient health",
@@ -70,7 +75,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
             "no batch) trained `steps` real steps with `optimizer`/`lr` in a sandboxed CPU worker; `checkpoint` + "
             "`checkpoint_after` (real per-tensor update ratios; safetensors or torch weights_only files); or "
             "`stats_path`, the grad_stats.jsonl TrainingProbe writes during training (per layer over time: last, "
-            "max, trend, the step it went to zero/NaN/exploded)."
+            "max, trend, the step it went to zero/NaN/exploded).\nFactory contract:\n" + contract_text()
         ),
     )
     @translate_errors("analyze_gradients")
@@ -87,13 +92,15 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         steps_between: Annotated[int | None, Field(ge=1, le=10**9, description="optimizer steps between the two checkpoints (turns the change into a per-step ratio)")] = None,
         stats_path: Annotated[str | None, Field(description="grad_stats.jsonl written by TrainingProbe (from ml_debug_mcp import TrainingProbe)")] = None,
         top: Annotated[int, Field(ge=1, le=MAX_TOP, description="how many layers to list, worst first")] = DEFAULT_TOP,
+        device: Annotated[str, Field(description="'cpu' (default, GPUs hidden) or one named GPU, e.g. 'cuda:1', "
+                                                 "for the entrypoint's steps", max_length=16)] = "cpu",
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, GradientAnalysis]:
         from ml_debug_mcp.core.model.checkpoints import compare_checkpoints
         from ml_debug_mcp.core.model.gradients import (analyze_model, gradient_task, overall_verdict,
                                                  summarize_probe_stats)
         from ml_debug_mcp.core.model.shapes import check_inputs
-        from ml_debug_mcp.core.model.worker import resolve_entrypoint
+        from ml_debug_mcp.core.model.worker import gpu_index, resolve_entrypoint
 
         if (input_shapes or dtype) and not entrypoint:
             raise ToolError("input_shapes/dtype describe the inputs of the model built from `entrypoint`; pass the "
@@ -105,6 +112,9 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         if bool(checkpoint) != bool(checkpoint_after):
             raise ToolError("Checkpoints are compared in pairs: pass both checkpoint (earlier) and checkpoint_after "
                             "(later). One checkpoint holds weights but no gradients.")
+        gpu_index(device)
+        if device.strip().lower() != "cpu" and not entrypoint:
+            raise ToolError("device names where the entrypoint's model trains; pass the entrypoint too.")
         roots = await effective_roots(env, ctx)
         interpreter = await worker_interpreter(env, roots) if entrypoint or checkpoint else None
         limits = dict(python=interpreter.python if interpreter else "", timeout=env.worker_timeout,
@@ -114,7 +124,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
             entry = await run_blocking(None, resolve_entrypoint, roots, entrypoint)
             shapes, dtypes = check_inputs(input_shapes, dtype)
             task = gradient_task(entry.task, input_shapes=shapes, dtypes=dtypes, steps=steps, lr=lr,
-                                 optimizer=optimizer, loss=loss)
+                                 optimizer=optimizer, loss=loss, device=device.strip().lower())
             reports.append(await run_blocking(ctx, analyze_model, task, cwd=entry.cwd, target=entry.label, top=top,
                                               **limits))
         if checkpoint and checkpoint_after:

@@ -74,6 +74,8 @@ def _create(env: ToolEnv, roots: Roots, path: str, failure: str, entrypoint: str
 
 
 def register(mcp: MCPServer, env: ToolEnv) -> None:
+    from ml_debug_mcp.core.model.worker import contract_text
+
     @mcp.tool(
         name="create_smoke_test",
         title="Create a regression smoke test",
@@ -86,12 +88,13 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
             "shape/dtype/device_mismatch: forward keeps the batch dimension / follows the model's dtype and device; "
             "oom: one step fits a memory budget; curve failures: the loss falls on a fixed batch; mode/rank "
             "collapse: effective rank above a floor; slow_throughput: no .item()/host sync in the step). "
-            "entrypoint 'path/to/file.py:factory' (or 'package.module:factory') names a zero-argument factory "
-            "returning the model, (model, batch) or (model, batch, loss_fn); the test imports it only when pytest "
-            "runs. Without it the test runs on a tiny stand-in model marked TODO. Never overwrites an existing "
+            "entrypoint 'path/to/file.py:factory' (or 'package.module:factory') names the factory (contract below, "
+            "the same code the inspection tools run, carried in the file's harness); the test imports it only when "
+            "pytest runs. Without it the test runs on a tiny stand-in model marked TODO. Never overwrites an existing "
             "file unless overwrite=true; a missing tests/ folder is created. run=true runs it with pytest in a "
             "subprocess (worker timeout and memory cap, GPUs hidden so it never takes memory from a training run) "
             "and reports passed/failed with the output's tail: passed on the fixed model means the fix is locked in."
+            "\nFactory contract:\n" + contract_text()
         ),
     )
     @translate_errors("create_smoke_test")

@@ -404,9 +404,9 @@ def overall_verdict(reports: list[GradientReport]) -> FailureId:
 
 
 def gradient_task(entry: dict, *, input_shapes: list[list[int]] | None, dtypes: list[str | None] | None, steps: int,
-                  lr: float, optimizer: str, loss: str) -> dict:
+                  lr: float, optimizer: str, loss: str, device: str = "cpu") -> dict:
     return {"op": "gradients", "entry": entry, "input_shapes": input_shapes, "dtypes": dtypes, "steps": steps,
-            "lr": lr, "optimizer": optimizer, "loss": loss}
+            "lr": lr, "optimizer": optimizer, "loss": loss, "device": device}
 
 
 def analyze_model(task: dict, *, python: str, timeout: float, memory_mb: int, cwd: Path, target: str,
@@ -451,6 +451,9 @@ def report_from_worker(raw: dict, task: dict, *, target: str, top: int = DEFAULT
                         "measure the real ||dW||/||W|| of the chosen optimizer.")
     settings = {k: task.get(k) for k in ("steps", "lr", "optimizer", "loss", "input_shapes", "dtypes")}
     settings["inputs"] = raw.get("input_source")
+    settings.update(device=raw.get("device", "cpu"), loss_form=raw.get("loss_form"), param_dtype=raw.get("param_dtype"))
+    if raw.get("param_dtype") in ("float16", "bfloat16"):
+        warnings.append(f"The model trains in {raw['param_dtype']}; norms and ratios were accumulated in float32.")
     return assemble("model", target, layers, top=top, steps=history, extra=extra, onsets=onsets,
                     origin=origin["module"] if origin else None, settings=settings, warnings=warnings)
 

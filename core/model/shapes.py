@@ -9,6 +9,7 @@ it expects (from its own parameters) and what the layer before it produced. No t
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +112,48 @@ class ShapeFailure(BaseModel):
     user_frame: UserFrame | None = None
 
 
+class TableRow(BaseModel):
+    """One row of the table; a run of identical blocks (blocks.0-47) is one row with count > 1."""
+
+    name: str
+    type: str
+    depth: int
+    count: int = 1
+    inputs: list[list[int]] = Field(default_factory=list)
+    outputs: list[list[int]] = Field(default_factory=list)
+    params: int = Field(0, description="Parameters of one such module, its children included")
+    status: Literal["ok", "raised", "running"] = "ok"
+
+
+class Variant(BaseModel):
+    dimension: Literal["batch", "sequence"]
+    size_from: int
+    size_to: int
+    status: Literal["ok", "failed"]
+    module: str | None = None
+    message: str | None = None
+
+
+class KeyMismatch(BaseModel):
+    key: str
+    model: str = Field(description="shape and dtype in the model, e.g. '[50257, 768] float32'")
+    checkpoint: str
+
+
+class CheckpointCompatibility(BaseModel):
+    path: str
+    compatible: bool
+    model_keys: int
+    checkpoint_keys: int
+    missing: list[str] = Field(default_factory=list, description="in the model, not in the checkpoint")
+    missing_count: int = 0
+    unexpected: list[str] = Field(default_factory=list, description="in the checkpoint, not in the model")
+    unexpected_count: int = 0
+    shape_mismatches: list[KeyMismatch] = Field(default_factory=list)
+    dtype_mismatches: list[KeyMismatch] = Field(default_factory=list)
+    causes: list[str] = Field(default_factory=list, description="the usual causes this diff points at")
+
+
 class ShapeReport(BaseModel):
     status: Literal["ok", "failed"]
     entrypoint: str
@@ -124,6 +167,17 @@ class ShapeReport(BaseModel):
     calls_omitted: int = Field(0, description="Calls left out of `calls` (from the middle)")
     total_params: int = 0
     trainable_params: int = 0
+    table: list[TableRow] = Field(default_factory=list, description="The module tree in call order, repeated blocks "
+                                  "collapsed into one row (bounded)")
+    table_rows_omitted: int = 0
+    loss_form: str = Field("", description="How the step was run: the factory contract's form and why")
+    meta: bool = Field(True, description="Weights on the meta device (no memory); false: real tensors were used")
+    fallback: list[str] = Field(default_factory=list, description="Modules run with real tensors (no meta kernel)")
+    variants: list[Variant] = Field(default_factory=list, description="The same trace at another batch size and "
+                                    "sequence length")
+    depends_on: Literal["batch", "sequence", "batch and sequence", "neither"] | None = Field(
+        None, description="Whether the mismatch follows the batch size, the sequence length, or neither")
+    checkpoint: CheckpointCompatibility | None = None
     notes: list[str] = Field(default_factory=list, description="What this eval-mode pass cannot show about training")
     interpreter: InterpreterChoice | None = Field(None, description="the Python the worker ran under, and why that one")
 
@@ -131,15 +185,18 @@ class ShapeReport(BaseModel):
 # ------------------------------------------------------------------------------------------------
 
 
-def shape_task(entry: dict, input_shapes: list[list[int]] | None, dtypes: list[str | None] | None) -> dict:
-    return {"op": "shapes", "entry": entry, "input_shapes": input_shapes, "dtypes": dtypes}
+def shape_task(entry: dict, input_shapes: list[list[int]] | None, dtypes: list[str | None] | None, *,
+               meta: bool = True, checkpoint: str | None = None, fallback_mb: int = 1024) -> dict:
+    return {"op": "shapes", "entry": entry, "input_shapes": input_shapes, "dtypes": dtypes, "meta": meta,
+            "checkpoint": checkpoint, "fallback_mb": fallback_mb}
 
 
 def check_model_shapes(task: dict, *, python: str, timeout: float, memory_mb: int, cwd: Path, target: str,
                        progress: Callable[..., None] | None = None) -> ShapeReport:
     from ml_debug_mcp.core.model.worker import run_worker
 
-    return report_from_trace(run_worker(task, python, timeout, memory_mb, cwd, progress=progress), target)
+    raw = run_worker(task, python, timeout, memory_mb, cwd, progress=progress)
+    return report_from_trace({**raw, "checkpoint_path": task.get("checkpoint") or ""}, target)
 
 
 def report_from_trace(raw: dict, target: str) -> ShapeReport:
@@ -153,11 +210,223 @@ def report_from_trace(raw: dict, target: str) -> ShapeReport:
         calls=[calls[i] for i in keep], calls_total=len(calls) + raw.get("calls_dropped", 0),
         calls_omitted=len(calls) + raw.get("calls_dropped", 0) - len(keep),
         total_params=raw.get("total_params", 0), trainable_params=raw.get("trainable_params", 0))
-    report.notes = _batch_norm_notes(calls)
+    report.table, report.table_rows_omitted = collapse(calls)
+    report.loss_form, report.meta = raw.get("loss_form", ""), raw.get("meta", True)
+    report.fallback = raw.get("fallback_notes") or []
+    report.variants = [Variant(dimension=v["dimension"], size_from=v["from"], size_to=v["to"], status=v["status"],
+                               module=v.get("module"), message=v.get("message")) for v in raw.get("variants") or []]
+    report.depends_on = depends_on(report.status, report.variants)
+    if raw.get("checkpoint"):
+        report.checkpoint = compatibility(raw["checkpoint"], raw.get("checkpoint_path", ""))
+    report.notes = _batch_norm_notes(calls) + _variant_notes(report)
+    if report.fallback:
+        report.notes.append(f"{len(report.fallback)} module(s) ran with real tensors because their op has no meta "
+                            f"kernel: {'; '.join(report.fallback[:3])}")
     report.summary = failure.explanation if failure else (
         f"forward pass ok: {report.calls_total} module calls, output "
         f"{', '.join(str(t.shape) for t in report.output[:3]) or '(no tensor)'}")
+    if report.checkpoint is not None:
+        report.summary += f"; checkpoint: {_compat_text(report.checkpoint)}"
     return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Which dimension a mismatch follows
+
+
+def depends_on(status: str, variants: list[Variant]) -> str | None:
+    """Failing at the batch's sizes: which change makes it pass. Passing: which change makes it fail."""
+    by = {v.dimension: v.status for v in variants}
+    if not by:
+        return None
+    if status == "failed":
+        fixed = [d for d, s in by.items() if s == "ok"]
+        return "neither" if not fixed else " and ".join(fixed)
+    broken = [d for d, s in by.items() if s == "failed"]
+    return " and ".join(broken) if broken else None
+
+
+def _variant_notes(report: ShapeReport) -> list[str]:
+    if report.depends_on is None:
+        return []
+    sizes = {v.dimension: v for v in report.variants}
+    if report.status == "ok":
+        return [f"The model works at this {v.dimension} size ({v.size_from}) but fails at {v.size_to}"
+                f"{' in ' + v.module if v.module else ''}: {v.message}. Something is hard-coded to the {v.dimension} "
+                f"size (a view/reshape with a literal, a fixed-length buffer)." for v in sizes.values()
+                if v.status == "failed"]
+    if report.depends_on == "neither":
+        return ["The mismatch does not depend on the batch size or the sequence length (it fails at "
+                + " and ".join(f"{v.dimension} {v.size_to}" for v in sizes.values())
+                + " too): a fixed feature size disagrees between two layers."]
+    return [f"The mismatch depends on the {report.depends_on}: at {v.dimension} {v.size_to} instead of "
+            f"{v.size_from} the trace passes." for v in sizes.values() if v.status == "ok"]
+
+
+# ------------------------------------------------------------------------------------------------
+# State-dict compatibility
+
+
+def _spec(entry: list) -> str:
+    return f"{entry[0]} {entry[1]}"
+
+
+def compatibility(raw: dict, path: str, listed: int = 50) -> CheckpointCompatibility:
+    """Missing/unexpected keys and per-key shape/dtype differences, with the usual causes named."""
+    mine, theirs = raw["model"], raw["checkpoint"]
+    missing = [k for k in mine if k not in theirs]
+    unexpected = [k for k in theirs if k not in mine]
+    shapes = [KeyMismatch(key=k, model=_spec(mine[k]), checkpoint=_spec(theirs[k]))
+              for k in mine if k in theirs and list(mine[k][0]) != list(theirs[k][0])]
+    dtypes = [KeyMismatch(key=k, model=_spec(mine[k]), checkpoint=_spec(theirs[k]))
+              for k in mine if k in theirs and list(mine[k][0]) == list(theirs[k][0]) and theirs[k][1]
+              and mine[k][1] != theirs[k][1]]
+    report = CheckpointCompatibility(
+        path=path, compatible=not (missing or unexpected or shapes), model_keys=len(mine), checkpoint_keys=len(theirs),
+        missing=missing[:listed], missing_count=len(missing), unexpected=unexpected[:listed],
+        unexpected_count=len(unexpected), shape_mismatches=shapes[:listed], dtype_mismatches=dtypes[:listed])
+    report.causes = _causes(mine, theirs, missing, unexpected, shapes, dtypes)
+    return report
+
+
+WRAPPER_PREFIXES = {"module.": "DistributedDataParallel (or DataParallel) saved the wrapped model",
+                    "_orig_mod.": "torch.compile saved the compiled wrapper",
+                    "model.": "a wrapper (e.g. a LightningModule's self.model) saved the model as an attribute"}
+
+
+def _causes(mine: dict, theirs: dict, missing: list, unexpected: list, shapes: list, dtypes: list) -> list[str]:
+    causes = []
+    for prefix, why in WRAPPER_PREFIXES.items():
+        stripped = {k[len(prefix):] for k in unexpected if k.startswith(prefix)}
+        if stripped and len(stripped & set(missing)) >= max(1, len(missing) // 2):
+            causes.append(f"The checkpoint's keys carry a '{prefix}' prefix: {why}. Strip it before loading: "
+                          f"{{k.removeprefix('{prefix}'): v for k, v in state_dict.items()}}.")
+        added = {k[len(prefix):] for k in missing if k.startswith(prefix)}
+        if added and len(added & set(unexpected)) >= max(1, len(unexpected) // 2):
+            causes.append(f"The model's keys carry a '{prefix}' prefix the checkpoint lacks: load into the inner "
+                          f"model, or add the prefix.")
+    vocab = [m for m in shapes if _differs_in_first_dim_only(mine[m.key][0], theirs[m.key][0])
+             and any(w in m.key for w in ("emb", "wte", "lm_head", "tok", "vocab", "decoder", "output"))]
+    if vocab:
+        sizes = f"{theirs[vocab[0].key][0][0]} in the checkpoint vs {mine[vocab[0].key][0][0]} in the model"
+        causes.append(f"The vocabulary size changed ({sizes}; {', '.join(m.key for m in vocab[:3])}): a tokenizer "
+                      "with added tokens, or padding to a multiple of 64. Resize the embeddings to the checkpoint's "
+                      "size (model.resize_token_embeddings) or load with the same tokenizer.")
+    other = [m for m in shapes if m not in vocab]
+    if other:
+        causes.append(f"{len(other)} tensors differ in shape ({other[0].key}: {other[0].checkpoint} in the "
+                      f"checkpoint vs {other[0].model}): the model's configuration (width, layers, heads) differs.")
+    if dtypes:
+        causes.append(f"{len(dtypes)} tensors differ only in dtype ({dtypes[0].key}: {dtypes[0].checkpoint} vs "
+                      f"{dtypes[0].model}); load_state_dict casts them, but check you trained in the dtype you think.")
+    if (missing or unexpected) and not causes:
+        causes.append(f"{len(missing)} keys missing and {len(unexpected)} unexpected: this checkpoint is probably "
+                      "from another model or version.")
+    return causes
+
+
+def _differs_in_first_dim_only(a: list, b: list) -> bool:
+    return len(a) == len(b) and len(a) >= 1 and a[0] != b[0] and list(a[1:]) == list(b[1:])
+
+
+def _compat_text(c: CheckpointCompatibility) -> str:
+    if c.compatible and not c.dtype_mismatches:
+        return f"all {c.model_keys} keys match in shape and dtype"
+    parts = [f"{c.missing_count} missing", f"{c.unexpected_count} unexpected",
+             f"{len(c.shape_mismatches)} shape mismatches", f"{len(c.dtype_mismatches)} dtype mismatches"]
+    return ", ".join(parts) + (f" ({c.causes[0]})" if c.causes else "")
+
+
+# ------------------------------------------------------------------------------------------------
+# Collapsing repeated blocks
+
+
+_INDEXED = re.compile(r"^(.*?)(\d+)$")
+MAX_TABLE_ROWS = 200
+
+
+def _subtree_end(calls: list[ModuleCall], i: int) -> int:
+    j = i + 1
+    while j < len(calls) and calls[j].depth > calls[i].depth:
+        j += 1
+    return j
+
+
+def _signature(call: ModuleCall) -> tuple:
+    return call.type, tuple(tuple(t.shape) for t in call.inputs), tuple(tuple(t.shape) for t in call.outputs)
+
+
+def _run_length(calls: list[ModuleCall], i: int, period: int) -> tuple[int, list[int], str]:
+    """How many repeats of the `period` siblings starting at calls[i]: (count, group starts, last index)."""
+    starts, j = [], i
+    for _ in range(period):
+        if j >= len(calls) or calls[j].depth != calls[i].depth:
+            return 1, [i], ""
+        starts.append(j)
+        j = _subtree_end(calls, j)
+    first = [_signature(calls[k]) for k in starts]
+    base = _INDEXED.match(calls[i].name)
+    count, groups, last = 1, [i], calls[starts[-1]].name
+    while True:
+        group, k = [], j
+        for _ in range(period):
+            if k >= len(calls) or calls[k].depth != calls[i].depth or calls[k].status != "ok":
+                return count, groups, last
+            group.append(k)
+            k = _subtree_end(calls, k)
+        names = [_INDEXED.match(calls[g].name) for g in group]
+        expected = int(base.group(2)) + count * period
+        if [_signature(calls[g]) for g in group] != first or any(
+                not m or m.group(1) != base.group(1) or int(m.group(2)) != expected + n for n, m in enumerate(names)):
+            return count, groups, last
+        count, j, last = count + 1, k, calls[group[-1]].name
+        groups.append(group[0])
+
+
+def collapse(calls: list[ModuleCall]) -> tuple[list[TableRow], int]:
+    """Rows in call order; siblings `prefix.N`, `prefix.N+1`... that repeat (one module or a short pattern
+    like Linear, ReLU) with the same shapes become one row `prefix.0-47 Type x48`, insides shown once."""
+    rows: list[TableRow] = []
+    i = 0
+    while i < len(calls):
+        call = calls[i]
+        best = (1, [i], "", 1)
+        if _INDEXED.match(call.name) and call.status == "ok":
+            for period in (1, 2, 3, 4):
+                count, groups, last = _run_length(calls, i, period)
+                if count >= 2 and count * period > best[0] * best[3]:
+                    best = (count, groups, last, period)
+        count, groups, last, period = best
+        if count == 1:
+            end = _subtree_end(calls, i)
+            rows.append(_row(call, call.name or "(model)", call.type, 1, sum(c.params for c in calls[i:end])))
+            i += 1
+            continue
+        group_end = groups[1]
+        members = [k for k in range(i, group_end) if calls[k].depth == call.depth]
+        kind = call.type if period == 1 else "(" + ", ".join(calls[k].type for k in members) + ")"
+        start, stop = _INDEXED.match(call.name).group(2), _INDEXED.match(last).group(2)
+        name = f"{call.name[:len(call.name) - len(start)]}{start}-{stop}"
+        row = _row(call, name, kind, count, sum(c.params for c in calls[i:group_end]))
+        row.outputs = [t.shape for t in calls[members[-1]].outputs[:3]]
+        rows.append(row)
+        if period == 1:
+            rows.extend(collapse(calls[i + 1:group_end])[0])
+        i = _subtree_end(calls, groups[-1]) if period == 1 else _end_of_group(calls, groups[-1], period)
+    return rows[:MAX_TABLE_ROWS], max(0, len(rows) - MAX_TABLE_ROWS)
+
+
+def _end_of_group(calls: list[ModuleCall], start: int, period: int) -> int:
+    j = start
+    for _ in range(period):
+        j = _subtree_end(calls, j)
+    return j
+
+
+def _row(call: ModuleCall, name: str, kind: str, count: int, params: int) -> TableRow:
+    return TableRow(name=name, type=kind, depth=call.depth, count=count, params=params,
+                    inputs=[t.shape for t in call.inputs[:3]], outputs=[t.shape for t in call.outputs[:3]],
+                    status=call.status)
 
 
 def _batch_norm_notes(calls: list[ModuleCall]) -> list[str]:
@@ -277,17 +546,18 @@ def _known_mismatch(f: ShapeFailure, kind: str, x: TensorSpec, config: dict) -> 
 
 
 def render_table(report: ShapeReport, max_rows: int = 60) -> str:
+    """The collapsed tree: 'blocks.0-47  Block x48  each [1, 128, 1600] -> [1, 128, 1600]'."""
     rows = [("Layer", "Type", "Input shape", "Output shape", "Params")]
-    previous = None
-    for call in report.calls[:max_rows]:
-        if previous is not None and call.index != previous + 1:
-            rows.append((f"... {call.index - previous - 1} calls omitted", "", "", "", ""))
-        previous = call.index
-        name = ("  " * call.depth) + (call.name or "(model)")
-        out = _shapes(call.outputs) if call.status == "ok" else "RAISED" if call.status == "raised" else "(unfinished)"
-        rows.append((name, call.type, _shapes(call.inputs), out, f"{call.params:,}" if call.params else "-"))
-    if len(report.calls) > max_rows:
-        rows.append((f"... {len(report.calls) - max_rows} more rows in `calls`", "", "", "", ""))
+    for row in report.table[:max_rows]:
+        name = ("  " * row.depth) + row.name
+        kind = f"{row.type} ×{row.count}" if row.count > 1 else row.type
+        each = "each " if row.count > 1 else ""
+        out = _dims(row.outputs) if row.status == "ok" else "RAISED" if row.status == "raised" else "(unfinished)"
+        params = f"{row.params:,}" + (" each" if row.count > 1 else "") if row.params else "-"
+        rows.append((name, kind, each + _dims(row.inputs), out, params))
+    hidden = len(report.table) - max_rows + report.table_rows_omitted
+    if hidden > 0:
+        rows.append((f"... {hidden} more rows (see `table` and `calls`)", "", "", "", ""))
     widths = [min(48, max(len(r[i]) for r in rows)) for i in range(5)]
     lines = ["  ".join(cell[:48].ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -295,8 +565,5 @@ def render_table(report: ShapeReport, max_rows: int = 60) -> str:
     return "\n".join(lines)
 
 
-def _shapes(specs: list[TensorSpec]) -> str:
-    if not specs:
-        return "-"
-    text = ", ".join(str(t.shape) for t in specs[:3])
-    return text + (" ..." if len(specs) > 3 else "")
+def _dims(shapes: list[list[int]]) -> str:
+    return ", ".join(str(s) for s in shapes) or "-"

@@ -16,6 +16,8 @@ This module imports no torch: the server imports it.
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import re
@@ -32,6 +34,7 @@ from pathlib import Path
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
+CONTRACT_FILE = Path(__file__).with_name("contract.py")
 MAX_RESULT_BYTES = 32 << 20
 STDERR_TAIL_BYTES = 32 << 10
 STRAY_STDOUT_LINES = 20
@@ -52,6 +55,16 @@ class WorkerError(ValueError):
         super().__init__(message)
         self.kind = kind
         self.detail = detail or {}
+
+
+@functools.cache
+def contract_text() -> str:
+    """FACTORY_CONTRACT from contract.py, read from its syntax tree: the server never imports torch for it."""
+    tree = ast.parse(CONTRACT_FILE.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FACTORY_CONTRACT" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("contract.py defines no FACTORY_CONTRACT")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,10 +146,12 @@ def resolve_entrypoint(roots: Roots, raw: str) -> ResolvedEntry:
 # Running the worker
 
 
-def worker_environment() -> dict[str, str]:
-    """The server's environment minus anything secret-looking or ours, with GPUs hidden and threads bounded."""
+def worker_environment(gpu: int | None = None) -> dict[str, str]:
+    """The server's environment minus anything secret-looking or ours, with GPUs hidden (all but `gpu`, when a
+    caller opted in to one) and threads bounded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ML_DEBUG_MCP_") and not _SECRET_NAME.search(k)}
-    env.update(CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    env.update(CUDA_VISIBLE_DEVICES="" if gpu is None else str(gpu), PYTHONDONTWRITEBYTECODE="1",
+               PYTHONUNBUFFERED="1")
     # Few threads and malloc arenas: the worker should not steal the training run's cores, and every
     # thread arena reserves 64 MB of address space that would count against RLIMIT_AS on a many-core host.
     env.setdefault("OMP_NUM_THREADS", str(min(4, os.cpu_count() or 1)))
@@ -144,11 +159,14 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
-def _limit_resources(memory_mb: int) -> Callable[[], None]:
-    """preexec_fn: only async-signal-safe-ish C calls on an already imported module (no imports, no locks)."""
-    wanted = memory_mb << 20
+def _limit_resources(memory_mb: int, gpu: bool = False) -> Callable[[], None]:
+    """preexec_fn: only async-signal-safe-ish C calls on an already imported module (no imports, no locks).
+
+    With a GPU the address-space limit is left off: a CUDA context maps far more virtual memory than it uses.
+    """
+    wanted = memory_mb << 20 if not gpu else resource.RLIM_INFINITY
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    limit = wanted if hard == resource.RLIM_INFINITY else hard if wanted == resource.RLIM_INFINITY else min(wanted, hard)
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -223,6 +241,24 @@ class _Reader:
 
 def run_worker(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path,
                progress: Progress | None = None) -> dict:
+    """Run one task (see worker_main) in a fresh limited process and return its result dict; see _run."""
+    gpu = gpu_index(task.get("device"))
+    return _run(task, python, timeout, memory_mb, cwd, progress, gpu)
+
+
+def gpu_index(device: str | None) -> int | None:
+    """'cuda:1' -> 1, 'cuda' -> 0, 'cpu'/None -> None; ValueError for anything else."""
+    text = (device or "cpu").strip().lower()
+    if text == "cpu":
+        return None
+    match = re.fullmatch(r"cuda(?::(\d{1,2}))?", text)
+    if not match:
+        raise ValueError(f"device={device!r}: use 'cpu' (the default) or a named GPU such as 'cuda:0' or 'cuda:1'.")
+    return int(match.group(1) or 0)
+
+
+def _run(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path, progress: Progress | None,
+         gpu: int | None) -> dict:
     """Run one task (see worker_main) in a fresh limited process and return its result dict.
 
     Raises WorkerError, with what happened and what to do, for every way the worker can fail:
@@ -233,8 +269,8 @@ def run_worker(task: dict, python: str, timeout: float, memory_mb: int, cwd: Pat
     payload = json.dumps({**task, "marker": marker}).encode()
     try:
         proc = subprocess.Popen([python, "-E", "-B", str(WORKER_MAIN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=str(cwd), env=worker_environment(), close_fds=True,
-                                start_new_session=True, preexec_fn=_limit_resources(memory_mb))
+                                stderr=subprocess.PIPE, cwd=str(cwd), env=worker_environment(gpu), close_fds=True,
+                                start_new_session=True, preexec_fn=_limit_resources(memory_mb, gpu is not None))
     except OSError as exc:
         raise WorkerError("interpreter", f"Cannot start the worker interpreter {python!r} ({exc}). Set --python "
                                          "(ML_DEBUG_MCP_PYTHON) to the Python your training uses (it needs torch).") from None
@@ -358,8 +394,24 @@ def explain_failure(error: dict, *, python: str, memory_mb: int, task: dict) -> 
         "entry_attribute": _attribute_message(error, where),
         "factory_raised": f"The factory {factory} raised {_cause(error)}{frame}. It is called with no arguments and "
                           "must build the model (and optionally a batch and loss_fn).",
-        "factory_result": f"The factory {factory} returned {error.get('returned')}; it must return an "
-                          "nn.Module, (model, batch) or (model, batch, loss_fn).",
+        "factory_result": f"The factory {factory} does not fit the contract: {error.get('message', '')}",
+        "factory_contract": f"The factory {factory} cannot be called: {error.get('message', '')}",
+        "meta_value": f"The factory {factory} read a tensor's value ({_cause(error)}){frame} while check_shapes built "
+                      "it on the meta device, where tensors have shapes but no values (so a 7B model costs no "
+                      "memory). Move that read (.item(), .tolist(), bool(t), printing a tensor) out of the model's "
+                      "construction, or pass meta=false to build real weights (needs the memory).",
+        "meta_unsupported": f"The forward pass cannot run on the meta device ({error.get('reason')}{error.get('where')}) "
+                            f"and real weights would need {error.get('needed_mb')} MiB, above the "
+                            f"{error.get('budget_mb')} MiB allowed for the fallback. Move value reads (.item(), "
+                            "data-dependent shapes) out of forward, or trace a smaller configuration.",
+        "no_cuda": f"device={error.get('device')!r} was requested, but the worker sees no CUDA GPU on this host "
+                   "(no driver, or no such index). Leave device='cpu' (the default), or run the server on the GPU "
+                   "host and name a GPU it has (gpu_status lists them).",
+        "device_failed": f"Moving the model and batch to the GPU raised {_cause(error)}{frame}.",
+        "step_failed": f"The {error.get('phase', 'step')} raised {_cause(error)}{frame}. If that is a shape error, "
+                       "call check_shapes with the same entrypoint to see which layer disagrees; if the loss was "
+                       "called the wrong way, rename loss_fn's parameters (model, batch) or (output, target), or "
+                       "pass loss='mse', 'cross_entropy' or 'sum'.",
         "no_inputs": f"The factory {factory} returned only the model, so there is no batch to run: pass "
                      "input_shapes (one shape per forward argument, batch dimension included), or make the factory "
                      "return (model, batch).",
@@ -369,10 +421,6 @@ def explain_failure(error: dict, *, python: str, memory_mb: int, task: dict) -> 
                      "under `if __name__ == '__main__':` or out of the factory.",
         "memory": f"The worker ran out of memory while {phase} (limit {memory_mb} MiB): {_cause(error)}{frame}. Use "
                   "smaller input_shapes or a smaller model, or raise --worker-memory-mb.",
-        "forward_failed": f"The forward pass raised {_cause(error)}{frame}. Call check_shapes with the same "
-                          "entrypoint and input_shapes to see which layer disagrees with its input.",
-        "loss_failed": f"Computing the loss raised {_cause(error)}{frame}. Pass loss='mse', 'cross_entropy' or "
-                       "'sum', or return (model, batch, loss_fn) from the factory.",
         "backward_failed": f"The backward pass raised {_cause(error)}{frame}.",
         "optimizer_failed": f"The optimizer step raised {_cause(error)}{frame}.",
         "unsafe_pickle": f"Refusing to load {error.get('file')}: it is not a plain weights file "

@@ -44,6 +44,8 @@ MAX_RECORDED_CALLS = 20000
 MAX_TENSORS_PER_CALL = 8
 MAX_KEYS_LISTED = 50
 KNOWN_MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 NON_MODEL_KEYS = ("optimizer", "optimizer_state_dict", "optim", "scheduler", "lr_scheduler", "scaler")
 MODULE_CONFIG_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride",
                        "padding", "num_features", "normalized_shape", "num_embeddings", "embedding_dim",
@@ -51,6 +53,7 @@ MODULE_CONFIG_ATTRS = ("in_features", "out_features", "in_channels", "out_channe
                        "num_groups", "num_channels", "start_dim", "end_dim")
 
 torch = None  # imported by _import_torch once the task is read
+contract = meta_trace = None  # contract.py and meta_trace.py beside this file, loaded by path with torch
 
 
 class WorkerFailure(Exception):
@@ -125,7 +128,7 @@ def _library_dirs() -> tuple[str, ...]:
 
 
 def _is_user_file(filename: str) -> bool:
-    if os.path.abspath(filename) == THIS_FILE or filename.startswith("<"):
+    if os.path.dirname(os.path.abspath(filename)) == os.path.dirname(THIS_FILE) or filename.startswith("<"):
         return False
     return not filename.startswith(_library_dirs())
 
@@ -180,13 +183,23 @@ def phase(channel: Channel, name: str, kind: str = "user_exception"):
 
 
 def _import_torch(channel: Channel) -> None:
-    global torch
+    global torch, contract, meta_trace
     channel.progress("importing torch")
     try:
         import torch as _torch
     except Exception as exc:
         raise WorkerFailure("no_torch", "importing torch", exc, python=sys.executable) from None
     torch = _torch
+    contract, meta_trace = _sibling("contract"), _sibling("meta_trace")
+
+
+def _sibling(name: str):
+    """A module beside this file, loaded by path (ml_debug_mcp need not be installed where the worker runs)."""
+    spec = importlib.util.spec_from_file_location(f"_ml_debug_mcp_{name}", os.path.join(os.path.dirname(THIS_FILE),
+                                                                                      f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _package_name(path: Path, root: Path | None) -> tuple[str, Path] | None:
@@ -249,28 +262,18 @@ def find_factory(module, attr: str):
 
 
 def build(task: dict, channel: Channel):
-    """Call the factory and unpack (model, batch, loss_fn) per the contract in the module docstring."""
+    """Call the factory and read what it returned through the contract (contract.py); a Case."""
     factory = find_factory(load_module(task["entry"], channel), task["entry"]["attr"])
+    try:
+        contract.check_factory(factory)
+    except contract.ContractError as exc:
+        raise WorkerFailure("factory_contract", "checking the factory's signature", exc) from None
     with phase(channel, "building the model (calling the factory)", kind="factory_raised"):
         made = factory()
-    batch = loss_fn = None
-    if isinstance(made, (tuple, list)) and 1 <= len(made) <= 3 and isinstance(made[0], torch.nn.Module):
-        model, batch, loss_fn = (list(made) + [None, None])[:3]
-    else:
-        model = made
-    if not isinstance(model, torch.nn.Module):
-        raise WorkerFailure("factory_result", "checking what the factory returned", None,
-                            returned=_type_text(made))
-    if loss_fn is not None and not callable(loss_fn):
-        raise WorkerFailure("factory_result", "checking what the factory returned", None,
-                            returned=f"a loss_fn that is {_type_text(loss_fn)}, not callable")
-    return model, batch, loss_fn
-
-
-def _type_text(value) -> str:
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)} ({', '.join(type(v).__name__ for v in value[:4])})"
-    return f"a {type(value).__module__}.{type(value).__qualname__}" if value is not None else "None"
+    try:
+        return contract.unpack(made)
+    except contract.ContractError as exc:
+        raise WorkerFailure("factory_result", "checking what the factory returned", exc) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,12 +293,12 @@ def default_float_dtype(model):
     return torch.float32
 
 
-def random_inputs(model, shapes: list[list[int]], dtypes: list[str | None]) -> list:
+def random_inputs(model, shapes: list[list[int]], dtypes: list[str | None], device=None) -> list:
     """Random tensors of the given shapes; integer inputs stay below the smallest Embedding's size."""
     gen = torch.Generator().manual_seed(0)
     embeddings = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     high = min(embeddings) if embeddings else 2
-    device, out = model_device(model), []
+    device, out = device or model_device(model), []
     for shape, name in zip(shapes, dtypes):
         dtype = getattr(torch, name) if name else default_float_dtype(model)
         if dtype.is_floating_point:
@@ -308,107 +311,34 @@ def random_inputs(model, shapes: list[list[int]], dtypes: list[str | None]) -> l
     return out
 
 
-def split_batch(batch):
-    """(positional args, keyword args, target) for a batch in any of the contract's forms."""
-    if torch.is_tensor(batch):
-        return [batch], {}, None
-    if isinstance(batch, dict):
-        return [], dict(batch), None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        inputs, target = batch
-        if torch.is_tensor(inputs):
-            return [inputs], {}, target
-        if isinstance(inputs, dict):
-            return [], dict(inputs), target
-        if isinstance(inputs, (tuple, list)):
-            return list(inputs), {}, target
-    raise WorkerFailure("factory_result", "reading the batch", None,
-                        returned=f"a batch that is {_type_text(batch)}; expected a Tensor, a dict or (inputs, target)")
-
-
 def primary_tensor(output):
-    """The tensor a default loss is computed on: the output, its `logits`, or its first tensor."""
-    if torch.is_tensor(output):
-        return output
-    for key in ("logits", "last_hidden_state"):
-        value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
-        if torch.is_tensor(value):
-            return value
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
-    for value in values:
-        found = primary_tensor(value) if not torch.is_tensor(value) else value
-        if found is not None:
-            return found
-    return None
+    return contract.output_tensor(output)
 
 
-def _output_loss(output):
-    value = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-    return value if torch.is_tensor(value) and value.numel() == 1 else None
+def step_inputs(task: dict, case, channel: Channel, device=None):
+    """(case, description): the factory's case, or one whose batch is random inputs of input_shapes.
 
-
-def _cross_entropy(out, target):
-    f = torch.nn.functional
-    if target is None:
-        gen = torch.Generator().manual_seed(1)
-        target = torch.randint(0, out.shape[-1], out.shape[:-1], generator=gen).to(out.device)
-        return f.cross_entropy(out.reshape(-1, out.shape[-1]).float(), target.reshape(-1))
-    if out.dim() == target.dim() + 1 and out.shape[0] == target.shape[0] and out.shape[2:] == target.shape[1:]:
-        return f.cross_entropy(out.float(), target.long())
-    if out.shape[:-1].numel() == target.numel():
-        return f.cross_entropy(out.reshape(-1, out.shape[-1]).float(), target.reshape(-1).long())
-    raise ValueError(f"cannot pair output {list(out.shape)} with target {list(target.shape)} for cross_entropy")
-
-
-def _mse(out, target):
-    if target is None:
-        gen = torch.Generator().manual_seed(1)
-        target = torch.randn(out.shape, generator=gen).to(out.device)
-    if target.shape != out.shape and target.numel() != out.numel():
-        raise ValueError(f"cannot pair output {list(out.shape)} with target {list(target.shape)} for mse")
-    return torch.nn.functional.mse_loss(out.float(), target.reshape(out.shape).float())
-
-
-def compute_loss(output, target, loss_fn, hint: str):
-    """The user's loss_fn, else the output's own loss, else the hinted/auto default (documented above)."""
-    if loss_fn is not None:
-        loss = loss_fn(output, target) if target is not None else loss_fn(output)
-    elif hint == "auto" and _output_loss(output) is not None:
-        loss = _output_loss(output)
-    else:
-        out = primary_tensor(output)
-        if out is None or not out.is_floating_point():
-            raise ValueError(f"the model output ({_type_text(output)}) has no floating-point tensor to compute a "
-                             "loss on; return (model, batch, loss_fn) from the factory")
-        if hint == "sum":
-            loss = out.float().sum()
-        elif hint == "cross_entropy" or (hint == "auto" and target is not None and not target.is_floating_point()):
-            loss = _cross_entropy(out, target)
-        else:
-            loss = _mse(out, target)
-    if not torch.is_tensor(loss) or loss.numel() != 1:
-        raise ValueError(f"the loss must be a scalar tensor, got {_type_text(loss)}"
-                         + (f" of shape {list(loss.shape)}" if torch.is_tensor(loss) else ""))
-    return loss.reshape(())
-
-
-def forward_inputs(task: dict, model, batch, channel: Channel):
-    """(args, kwargs, target, description) from input_shapes when given, else from the factory's batch."""
+    Inputs made from shapes are forward arguments only (no target), so the default loss replaces a
+    loss_fn(model, batch) or training_step, which expect the user's own batch.
+    """
     if task.get("input_shapes"):
         with phase(channel, "creating inputs"):
-            args = random_inputs(model, task["input_shapes"], task.get("dtypes") or [None] * len(task["input_shapes"]))
-        return args, {}, None, "random inputs of input_shapes"
-    if batch is None:
+            args = random_inputs(case.model, task["input_shapes"],
+                                 task.get("dtypes") or [None] * len(task["input_shapes"]), device)
+        if case.form != "loss_fn(output)":
+            case = contract.Case(case.model, None, None, "default loss", "random inputs of input_shapes have no "
+                                 "target: the output's .loss, else MSE to a fixed random target")
+        return case._replace(batch=(tuple(args), None)), "random inputs of input_shapes"  # (inputs, no target)
+    if case.batch is None:
         raise WorkerFailure("no_inputs", "creating inputs", None)
-    args, kwargs, target = split_batch(batch)
-    return args, kwargs, target, "the factory's batch"
+    return case, "the factory's batch"
 
 
 # ------------------------------------------------------------------------------------------------
 # Tensor descriptions
 
 
-def tensor_specs(value, path: str = "", limit: int = MAX_TENSORS_PER_CALL) -> list[dict]:
+def tensor_specs(value, path: str = "", limit: int = MAX_TENSORS_PER_CALL, ranges: dict | None = None) -> list[dict]:
     """Shape/dtype/device of every tensor in a (nested) value, depth-first, bounded."""
     found: list[dict] = []
 
@@ -419,7 +349,10 @@ def tensor_specs(value, path: str = "", limit: int = MAX_TENSORS_PER_CALL) -> li
             spec = {"path": where or "0", "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
                     "device": str(v.device)}
             if not v.is_floating_point() and not v.is_complex() and v.numel() and v.dtype != torch.bool:
-                spec["min"], spec["max"] = int(v.min()), int(v.max())
+                if not v.is_meta:
+                    spec["min"], spec["max"] = int(v.min()), int(v.max())
+                elif ranges and id(v) in ranges:
+                    spec["min"], spec["max"] = ranges[id(v)]
             found.append(spec)
         elif isinstance(v, dict):
             for k, item in v.items():
@@ -461,8 +394,90 @@ def module_repr(module) -> str:
 
 
 def op_shapes(task: dict, channel: Channel) -> dict:
-    model, batch, _ = build(task, channel)
-    args, kwargs, _, source = forward_inputs(task, model, batch, channel)
+    """Trace the step on meta weights (meta_trace.py), at the batch's sizes and at a changed batch/sequence."""
+    meta = bool(task.get("meta", True))
+    try:
+        with meta_trace.MetaInit() if meta else contextlib.nullcontext():
+            case = build(task, channel)
+    except WorkerFailure as failure:
+        if meta and failure.kind == "factory_raised" and meta_trace.is_meta_error(failure.cause):
+            raise WorkerFailure("meta_value", failure.phase, failure.cause) from None
+        raise
+    case, source = step_inputs(task, case, channel, torch.device("cpu"))
+    model, notes = case.model, []
+    if meta and not meta_trace.on_meta(model):
+        model.to_empty(device="meta")  # weights the factory made for real (loaded, or built outside __init__)
+    budget = int(task.get("fallback_mb", 1024)) << 20
+    checkpoint = state_dict_diff(model, task["checkpoint"], channel) if task.get("checkpoint") else None
+    ranges: dict = {}
+    base = _trace(case, meta, ranges, budget, notes, channel)
+    if meta and base["failure"] is not None and base["failure"].pop("meta_error", False):
+        reason = f"{base['failure']['exc_type']}: {base['failure']['message'].splitlines()[0][:200]}"
+        where = _frame_text_short(base["failure"])
+        if meta_trace.param_bytes(model) > budget:
+            raise WorkerFailure("meta_unsupported", "forward pass on the meta device", None, reason=reason,
+                                where=where, needed_mb=meta_trace.param_bytes(model) >> 20, budget_mb=budget >> 20)
+        with phase(channel, "building real weights (the meta trace could not finish)", kind="memory"):
+            meta_trace.materialize(model)
+        meta = False
+        notes.append(f"traced with real tensors for the whole model: {reason}{where}; the meta device has shapes "
+                     "but no values")
+        base = _trace(case, meta, ranges, budget, notes, channel)
+    variants = []
+    for dimension, resized in _resized_batches(case.batch):
+        channel.progress(f"tracing again with the {dimension} changed")
+        other = _trace(case._replace(batch=resized[2]), meta, ranges, budget, [], channel)
+        failure = other["failure"] or {}
+        variants.append({"dimension": dimension, "from": resized[0], "to": resized[1],
+                         "status": "failed" if other["failure"] else "ok", "module": failure.get("module"),
+                         "message": (failure.get("message") or "").splitlines()[0][:300] if failure else None})
+    return {**base, "input_source": source, "loss_form": case.describe_form(), "variants": variants,
+            "meta": meta, "fallback_notes": notes[:20], "checkpoint": checkpoint,
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "param_bytes": meta_trace.param_bytes(model)}
+
+
+def _frame_text_short(failure: dict) -> str:
+    frame = failure.get("user_frame")
+    return f" at {frame['file']}:{frame['line']} ({frame['code']})" if frame else ""
+
+
+def _resized_batches(batch):
+    """(dimension, (old, new, batch)) with the batch dimension changed, and the sequence one for token inputs."""
+    found = contract.tensors(batch)
+    if not found or found[0].dim() == 0:
+        return []
+    size = found[0].shape[0]
+    out = [("batch", (size, size + 1 if size > 1 else 2))]
+    tokens = [t for t in found if t.dim() >= 2 and not t.is_floating_point() and t.dtype != torch.bool]
+    if tokens:
+        length = tokens[0].shape[1]
+        out.append(("sequence", (length, length - 1 if length > 2 else length + 1)))
+    return [(name, (old, new, _resize(batch, 0 if name == "batch" else 1, old, new))) for name, (old, new) in out]
+
+
+def _resize(batch, dim: int, old: int, new: int):
+    def change(t):
+        if t.dim() <= dim or t.shape[dim] != old or (dim == 1 and t.dim() < 2):
+            return t
+        shape = list(t.shape)
+        shape[dim] = new
+        if t.is_meta:
+            return torch.empty(shape, dtype=t.dtype, device="meta")
+        if t.is_floating_point():
+            return torch.randn(shape, dtype=t.dtype)
+        if t.dtype == torch.bool or not t.numel():
+            return torch.ones(shape, dtype=t.dtype)
+        return torch.randint(int(t.min()), int(t.max()) + 1, shape).to(t.dtype)
+
+    return contract.map_tensors(batch, change)
+
+
+def _trace(case, meta: bool, ranges: dict, budget: int, notes: list, channel: Channel) -> dict:
+    """One no-grad pass of the step with every module's input/output shapes recorded in call order."""
+    model = case.model
+    batch = meta_trace.to_meta(case.batch, contract.map_tensors, ranges) if meta else case.batch
     names = {id(m): n for n, m in model.named_modules()}
     calls: list[dict] = []
     stack: list[int] = []
@@ -472,12 +487,14 @@ def op_shapes(task: dict, channel: Channel) -> dict:
         if len(calls) >= MAX_RECORDED_CALLS:
             dropped[0] += 1
             stack.append(-1)
-            return
-        calls.append({"index": len(calls), "name": names.get(id(module), "?"), "type": type(module).__name__,
-                      "depth": len(stack), "inputs": tensor_specs((a, kw) if kw else a),
-                      "params": sum(p.numel() for p in module.parameters(recurse=False)),
-                      "leaf": not any(True for _ in module.children()), "status": "running"})
-        stack.append(len(calls) - 1)
+        else:
+            calls.append({"index": len(calls), "name": names.get(id(module), "?"), "type": type(module).__name__,
+                          "depth": len(stack), "inputs": tensor_specs((a, kw) if kw else a, ranges=ranges),
+                          "params": sum(p.numel() for p in module.parameters(recurse=False)),
+                          "leaf": not any(True for _ in module.children()), "status": "running"})
+            stack.append(len(calls) - 1)
+        if meta and a and torch.is_tensor(a[0]):
+            _meta_checks(module, a[0], ranges)
 
     def post(module, a, kw, output):
         index = stack.pop()
@@ -489,31 +506,55 @@ def op_shapes(task: dict, channel: Channel) -> dict:
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
+    wrapped = meta_trace.fallback_forwards(model, contract.map_tensors, ranges, budget, notes) if meta else []
     model.eval()
     failure = output = None
     channel.progress("forward pass")
     try:
-        with torch.no_grad():
-            output = model(*args, **kwargs)
+        with torch.no_grad(), torch.device("meta") if meta else contextlib.nullcontext():
+            if contract.takes_model(case):
+                output = contract.run_step(case._replace(batch=batch)).output
+            else:
+                output = contract.forward(model, batch)
     except SystemExit as exc:
         raise WorkerFailure("user_exit", "forward pass", exc, exit_code=exit_code(exc)) from None
     except Exception as exc:
         if is_memory_error(exc):
             raise WorkerFailure("memory", "forward pass", exc) from None
         failure = _shape_failure(exc, model, calls, [i for i in stack if i >= 0])
+        if meta and meta_trace.is_meta_error(exc):
+            failure["meta_error"] = True
     finally:
         for h in handles:
             h.remove()
-    return {
-        "inputs": tensor_specs((args, kwargs) if kwargs else args, limit=32),
-        "input_source": source,
-        "calls": calls,
-        "calls_dropped": dropped[0],
-        "output": tensor_specs(output) if failure is None else [],
-        "total_params": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "failure": failure,
-    }
+        for m in wrapped:
+            del m.forward
+    return {"inputs": tensor_specs(batch, limit=32, ranges=ranges), "calls": calls, "calls_dropped": dropped[0],
+            "output": tensor_specs(output) if failure is None else [], "failure": failure}
+
+
+WEIGHTED = ("Linear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+            "ConvTranspose3d", "RNN", "LSTM", "GRU")
+
+
+def _meta_checks(module, x, ranges: dict) -> None:
+    """What CPU kernels check and meta kernels do not: index range (from the real batch) and input dtype."""
+    if isinstance(module, torch.nn.Embedding):
+        low, high = ranges.get(id(x), (0, 0))
+        if high >= module.num_embeddings or low < 0:
+            raise IndexError("index out of range in self")  # the CPU kernel's words
+    elif type(module).__name__ in WEIGHTED and x.is_floating_point():
+        weight = next((p for p in module.parameters(recurse=False) if p.is_floating_point()), None)
+        if weight is not None and weight.dtype != x.dtype:
+            raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {x.dtype} and {weight.dtype}")
+
+
+def state_dict_diff(model, path: str, channel: Channel) -> dict:
+    """Keys, shapes and dtypes of the model's state_dict and of the checkpoint (headers or mmap only)."""
+    mine = {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in model.state_dict().items()}
+    theirs = Checkpoint(path, channel)
+    return {"model": mine, "checkpoint": {k: [theirs.shapes[k], theirs.dtypes.get(k)] for k in theirs.shapes},
+            "note": theirs.note}
 
 
 def _shape_failure(exc: Exception, model, calls: list[dict], open_calls: list[int]) -> dict:
@@ -579,8 +620,13 @@ def _forward_order_hooks(model, state: dict):
 
 
 def op_gradients(task: dict, channel: Channel) -> dict:
-    model, batch, loss_fn = build(task, channel)
-    args, kwargs, target, source = forward_inputs(task, model, batch, channel)
+    device = task_device(task)
+    case, source = step_inputs(task, build(task, channel), channel, device)
+    model = case.model
+    if device is not None:
+        with phase(channel, f"moving the model and batch to {task.get('device')}", kind="device_failed"):
+            model.to(device)
+            case = case._replace(batch=contract.map_tensors(case.batch, lambda t: t.to(device)))
     named = [(n, p) for n, p in model.named_parameters()]
     trainable = [(n, p) for n, p in named if p.requires_grad]
     if not trainable:
@@ -597,14 +643,13 @@ def op_gradients(task: dict, channel: Channel) -> dict:
     per = [{"grad": [], "ratio": [], "nonfinite_step": None, "nonfinite_count": 0} for _ in params]
     history, first, broken = [], None, None
     weight_norms_0 = [float(v) for v in _norms([p.detach() for p in params])]
+    form = case.form
     for step in range(max(steps, 1)):
         state["step"] = step
         channel.progress(f"training step {step + 1} of {max(steps, 1)}", step, max(steps, 1))
         model.zero_grad(set_to_none=True)
-        with phase(channel, "forward pass", kind="forward_failed"):
-            output = model(*args, **kwargs)
-        with phase(channel, "computing the loss", kind="loss_failed"):
-            loss = compute_loss(output, target, loss_fn, task.get("loss", "auto"))
+        with phase(channel, f"forward pass and loss as {form}", kind="step_failed"):
+            loss = contract.run_step(case, hint=task.get("loss", "auto")).loss
         loss_value = float(loss.detach().float())
         if not loss.requires_grad:
             broken = "the loss does not require grad: no path connects any parameter to the loss"
@@ -647,7 +692,18 @@ def op_gradients(task: dict, channel: Channel) -> dict:
             "frozen_param_names": [n for n, p in named if not p.requires_grad][:MAX_KEYS_LISTED],
             "module_order": sorted(state["order"], key=state["order"].get)[:2000],
             "module_types": {n: type(m).__name__ for n, m in modules.items() if n in state["order"]},
-            "lr": lr, "steps": steps}
+            "lr": lr, "steps": steps, "loss_form": case.describe_form(), "device": task.get("device") or "cpu",
+            "param_dtype": str(params[0].dtype).replace("torch.", "")}
+
+
+def task_device(task: dict):
+    """None for the CPU default; the one GPU the server made visible for device='cuda:N'."""
+    wanted = task.get("device") or "cpu"
+    if wanted == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        raise WorkerFailure("no_cuda", "looking for the GPU", None, device=wanted)
+    return torch.device("cuda:0")  # CUDA_VISIBLE_DEVICES holds only the requested index
 
 
 def _measure_step(params: list, per: list[dict], step: int, is_first: bool) -> dict:
@@ -708,7 +764,9 @@ class Checkpoint:
         except ImportError as exc:
             raise WorkerFailure("missing_package", "opening a safetensors file", exc, package="safetensors") from None
         handle = safe_open(path, framework="pt")
-        self.shapes = {k: list(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        slices = {k: handle.get_slice(k) for k in handle.keys()}
+        self.shapes = {k: list(v.get_shape()) for k, v in slices.items()}
+        self.dtypes = {k: SAFETENSORS_DTYPES.get(v.get_dtype(), v.get_dtype()) for k, v in slices.items()}
         self.get = handle.get_tensor
 
     def _open_torch(self, path: str) -> None:
@@ -741,6 +799,7 @@ class Checkpoint:
             raise WorkerFailure("checkpoint_empty", f"reading {os.path.basename(path)}", None, file=path,
                                 top_keys=[str(k) for k in obj][:20] if isinstance(obj, dict) else [])
         self.shapes = {k: list(v.shape) for k, v in tensors.items()}
+        self.dtypes = {k: str(v.dtype).replace("torch.", "") for k, v in tensors.items()}
         self.get = tensors.__getitem__
 
 

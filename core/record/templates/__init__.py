@@ -18,16 +18,26 @@ from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS
 
 BODY_MARKER = "# " + "-" * 40 + " body " + "-" * 40
 HERE = Path(__file__).parent
-HARNESS_IMPORTS = ("from collections.abc import Callable", "from typing import Any, NamedTuple")
+HARNESS_IMPORTS = ("from collections.abc import Callable, Mapping", "from typing import Any, NamedTuple")
+CONTRACT_FILE = HERE.parent.parent / "model" / "contract.py"
 
 
 @functools.cache
 def source(name: str) -> str:
     """The renderable body of template file `name` (the text below its body marker)."""
-    text = (HERE / f"{name}.py").read_text(encoding="utf-8")
-    _, marker, body = text.partition("\n" + BODY_MARKER + "\n")
+    return _body(HERE / f"{name}.py")
+
+
+@functools.cache
+def contract_source() -> str:
+    """The factory contract's body (core/model/contract.py): generated tests carry the worker's own code."""
+    return _body(CONTRACT_FILE)
+
+
+def _body(path: Path) -> str:
+    _, marker, body = path.read_text(encoding="utf-8").partition("\n" + BODY_MARKER + "\n")
     if not marker:
-        raise RuntimeError(f"template {name}.py has no body marker line")
+        raise RuntimeError(f"{path.name} has no body marker line")
     return "\n" + body.strip("\n") + "\n"
 
 

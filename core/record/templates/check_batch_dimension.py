@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, forward, output_tensor, split_batch
+from ml_debug_mcp.core.model.contract import tensors
+from ml_debug_mcp.core.record.templates.harness import build_case, prediction_of
 
 EXPECTED_OUTPUT_SHAPE = None
 
@@ -26,7 +27,7 @@ def test_forward_keeps_the_batch_dimension():
     full = batch_size(case.batch)
     for size in dict.fromkeys((full, 1)):
         with torch.no_grad():
-            prediction = output_tensor(forward(case.model, slice_batch(case.batch, size)))
+            prediction = prediction_of(case, slice_batch(case.batch, size))
         assert prediction.shape[0] == size, (f"input batch of {size} gave an output of shape "
                                              f"{tuple(prediction.shape)}")
         if EXPECTED_OUTPUT_SHAPE is not None:
@@ -35,10 +36,7 @@ def test_forward_keeps_the_batch_dimension():
 
 
 def batch_size(batch: Any) -> int:
-    inputs, _ = split_batch(batch)
-    first = next(iter(inputs.values())) if isinstance(inputs, dict) else \
-        inputs[0] if isinstance(inputs, (tuple, list)) else inputs
-    return int(first.shape[0])
+    return int(tensors(batch)[0].shape[0])
 
 
 def slice_batch(batch: Any, size: int) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, compute_loss, forward, trainable
+from ml_debug_mcp.core.record.templates.harness import build_case, step_loss, trainable
 
 GRAPH_REUSE_ERRORS = ('backward through the graph a second time', 'modified by an inplace operation')
 LEARNING_RATE = 0.01
@@ -27,7 +27,7 @@ def test_consecutive_steps_with_carried_state_do_not_reuse_the_graph():
     for step in range(STEPS):
         optimizer.zero_grad(set_to_none=True)
         try:
-            loss = compute_loss(case, forward(case.model, case.batch))
+            loss = step_loss(case)
             loss.backward()
         except RuntimeError as exc:
             if any(marker in str(exc) for marker in GRAPH_REUSE_ERRORS):

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, compute_loss, forward, trainable
+from ml_debug_mcp.core.record.templates.harness import build_case, step_loss, trainable
 
 DDP_FLAG = '--ddp-steps'
 DDP_TIMEOUT = 120
@@ -53,7 +53,7 @@ def ddp_steps() -> None:
         optimizer = torch.optim.Adam([p for _, p in trainable(case.model)], lr=LEARNING_RATE)
         for _ in range(2):
             optimizer.zero_grad(set_to_none=True)
-            compute_loss(case, forward(wrapped, case.batch)).backward()
+            step_loss(case._replace(model=wrapped)).backward()
             optimizer.step()
     finally:
         dist.destroy_process_group()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, forward, model_device_dtype, output_tensor, to_model
+from ml_debug_mcp.core.record.templates.harness import build_case, model_device_dtype, prediction_of, to_model
 
 DEVICE_ERRORS = ('is not on the expected device', 'Expected all tensors to be on the same device')
 
@@ -27,7 +27,7 @@ def test_tensors_made_in_forward_follow_the_model_to_another_device():
     case.model.to(target)
     try:
         with torch.no_grad():
-            prediction = output_tensor(forward(case.model, to_model(case.batch, target, dtype)))
+            prediction = prediction_of(case, to_model(case.batch, target, dtype))
     except (RuntimeError, NotImplementedError) as exc:
         if target == "meta" and not any(marker in str(exc) for marker in DEVICE_ERRORS):
             pytest.skip(f"the model cannot run on the meta device ({type(exc).__name__}: {str(exc)[:200]}); "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, forward, model_device_dtype, output_tensor, to_model
+from ml_debug_mcp.core.record.templates.harness import build_case, model_device_dtype, prediction_of, to_model
 
 # ---------------------------------------- body ----------------------------------------
 
@@ -20,8 +20,8 @@ def test_tensors_made_in_forward_follow_the_model_to_float64():
     case = build_case()
     case.model.double()
     with torch.no_grad():
-        prediction = output_tensor(forward(case.model, to_model(case.batch, model_device_dtype(case.model)[0],
-                                                                torch.float64)))
+        prediction = prediction_of(case, to_model(case.batch, model_device_dtype(case.model)[0],
+                                                                torch.float64))
     if prediction.is_floating_point():
         assert prediction.dtype == torch.float64, (f"the model in float64 returned {prediction.dtype}: a cast or a "
                                                    "tensor made without dtype=x.dtype inside forward")

@@ -8,7 +8,7 @@ rendered; the lines above it let this file parse and lint on its own.
 from __future__ import annotations
 
 
-from ml_debug_mcp.core.record.templates.harness import build_case, compute_loss, forward, trainable
+from ml_debug_mcp.core.record.templates.harness import build_case, step_loss, trainable
 
 ALLOWED_WITHOUT_GRAD = set()
 SMALLEST_RATIO = 1e-07
@@ -21,7 +21,7 @@ def test_every_trainable_parameter_gets_a_nonzero_gradient():
     case = build_case()
     named = [(n, p) for n, p in trainable(case.model) if n not in ALLOWED_WITHOUT_GRAD]
     assert named, "the model has no trainable parameters"
-    loss = compute_loss(case, forward(case.model, case.batch))
+    loss = step_loss(case)
     assert loss.requires_grad, ("the loss does not require grad: the graph is cut between the model and the loss "
                                 "(detach/no_grad/.item()/.numpy())")
     loss.backward()
@@ -34,7 +34,7 @@ def test_every_trainable_parameter_gets_a_nonzero_gradient():
 def test_no_gradient_is_vanishingly_small_next_to_the_largest():
     """The smallest per-parameter gradient norm is at least SMALLEST_RATIO of the largest."""
     case = build_case()
-    compute_loss(case, forward(case.model, case.batch)).backward()
+    step_loss(case).backward()
     norms = {n: float(p.grad.detach().float().norm()) for n, p in trainable(case.model)
              if p.grad is not None and n not in ALLOWED_WITHOUT_GRAD}
     assert norms, "no parameter received a gradient"

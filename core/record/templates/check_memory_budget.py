@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, compute_loss, forward, model_device_dtype
+from ml_debug_mcp.core.record.templates.harness import build_case, model_device_dtype, step_loss
 
 MEMORY_BUDGET_MB = 2048.0
 
@@ -26,7 +26,7 @@ def test_forward_and_backward_fit_in_the_memory_budget():
     device, _ = model_device_dtype(case.model)
 
     def step() -> None:
-        compute_loss(case, forward(case.model, case.batch)).backward()
+        step_loss(case).backward()
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)

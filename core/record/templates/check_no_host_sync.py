@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, compute_loss, forward, model_device_dtype, to_model
+from ml_debug_mcp.core.record.templates.harness import build_case, model_device_dtype, step_loss, to_model
 
 SYNC_METHODS = ('item', 'tolist', 'numpy', 'cpu', '__bool__', '__float__', '__int__')
 
@@ -28,7 +28,7 @@ def test_training_step_makes_no_host_sync():
     or float of a tensor: on a GPU each one stalls the step until the device catches up."""
     case = build_case()
     with host_syncs_recorded() as syncs:
-        compute_loss(case, forward(case.model, case.batch)).backward()
+        step_loss(case).backward()
     assert not syncs, "host syncs in the step:\n" + "\n".join(f"  {site} ({name})" for site, name in syncs)
 
 
@@ -42,7 +42,7 @@ def test_training_step_runs_under_cuda_sync_debug_mode_error():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        compute_loss(case._replace(batch=batch), forward(case.model, batch)).backward()
+        step_loss(case, batch).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import build_case, forward, model_device_dtype, output_tensor, to_model
+from ml_debug_mcp.core.record.templates.harness import build_case, model_device_dtype, prediction_of, to_model
 
 # ---------------------------------------- body ----------------------------------------
 
@@ -22,7 +22,7 @@ def test_forward_under_the_models_own_dtype_and_device():
     stray = [n for n, t in list(case.model.named_parameters()) + list(case.model.named_buffers()) if t.device != device]
     assert not stray, f"parameters or buffers on another device than {device}: {', '.join(stray[:5])}"
     with torch.no_grad():
-        prediction = output_tensor(forward(case.model, to_model(case.batch, device, dtype)))
+        prediction = prediction_of(case, to_model(case.batch, device, dtype))
     assert prediction.device == device, f"the output is on {prediction.device}, the model on {device}"
     if prediction.is_floating_point():
         assert prediction.dtype == dtype, f"the output is {prediction.dtype}, the model {dtype}"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml_debug_mcp.core.record.templates.harness import Case, build_case, forward, output_tensor, train_steps
+from ml_debug_mcp.core.model.contract import Case
+from ml_debug_mcp.core.record.templates.harness import build_case, prediction_of, train_steps
 
 LEARNING_RATE = 0.01
 RANK_FLOOR_FRACTION = 0.1
@@ -38,7 +39,7 @@ def rank_floor(representations: torch.Tensor) -> float:
 
 def representations_of(case: Case) -> torch.Tensor:
     with torch.no_grad():
-        out = output_tensor(forward(case.model, case.batch))
+        out = prediction_of(case)
     if out.shape[0] < 3:
         pytest.fail(f"a batch of {out.shape[0]} is too small to measure diversity; use 16 or more samples")
     return out

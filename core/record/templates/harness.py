@@ -1,16 +1,20 @@
 """The shared harness: build the model under test from the factory, run training steps on it.
 
 Template source for create_smoke_test (see __init__.py). Only the part below the body marker is
-rendered; the lines above it let this file parse and lint on its own.
+rendered, followed by the body of core/model/contract.py (the factory contract, the same code the
+inspection worker runs); the lines above the marker let this file parse and lint on its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 import torch
+
+from ml_debug_mcp.core.model.contract import Case, ContractError, check_factory, forward, output_tensor, run_step, \
+    takes_model, unpack
 
 INPUT_SHAPE = None
 SEED = 0
@@ -24,27 +28,19 @@ def load_factory() -> Callable[[], Any]:
 # --- Harness: builds the model under test and trains it for a few steps ----------------------
 
 
-class Case(NamedTuple):
-    model: torch.nn.Module
-    batch: Any
-    loss_fn: Callable[..., torch.Tensor] | None
-
-
 def build_case() -> Case:
     """Call the factory (seeded) and complete what it did not give: a batch of INPUT_SHAPE."""
     torch.manual_seed(SEED)
-    made = load_factory()()
-    if isinstance(made, torch.nn.Module):
-        model, batch, loss_fn = made, None, None
-    elif isinstance(made, (tuple, list)) and 1 <= len(made) <= 3 and isinstance(made[0], torch.nn.Module):
-        model, batch, loss_fn = (list(made) + [None, None])[:3]
-    else:
-        pytest.fail(f"the factory returned {type(made).__name__}; expected a torch.nn.Module, (model, batch) "
-                    "or (model, batch, loss_fn) - see the module docstring")
-    if batch is None:
-        batch = random_inputs(model, INPUT_SHAPE)
-    model.train()
-    return Case(model, batch, loss_fn)
+    factory = load_factory()
+    try:
+        check_factory(factory)
+        case = unpack(factory())
+    except ContractError as exc:
+        pytest.fail(str(exc))
+    if case.batch is None:
+        case = case._replace(batch=random_inputs(case.model, INPUT_SHAPE))
+    case.model.train()
+    return case
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -73,15 +69,6 @@ def random_inputs(model: torch.nn.Module, shape: tuple[int, ...] | None) -> torc
     return torch.randn(tuple(shape), generator=generator).to(device=device, dtype=dtype)
 
 
-def split_batch(batch: Any) -> tuple[Any, Any]:
-    """(inputs, target): a tensor or a dict is all inputs; a pair is (inputs, target)."""
-    if isinstance(batch, (tuple, list)):
-        if len(batch) != 2:
-            pytest.fail(f"a tuple batch must be (inputs, target); got {len(batch)} items")
-        return batch[0], batch[1]
-    return batch, None
-
-
 def to_model(batch: Any, device: torch.device | str, dtype: torch.dtype) -> Any:
     """Every tensor to `device`; floating ones to `dtype` (token ids and labels keep theirs)."""
     if isinstance(batch, torch.Tensor):
@@ -93,47 +80,33 @@ def to_model(batch: Any, device: torch.device | str, dtype: torch.dtype) -> Any:
     return batch
 
 
-def forward(model: torch.nn.Module, batch: Any) -> Any:
-    inputs, _ = split_batch(batch)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+def step_loss(case: Case, batch: Any = None) -> torch.Tensor:
+    """The loss of one forward pass, computed the way the factory contract says."""
+    return run_step(case, batch).loss
 
 
-def output_tensor(output: Any) -> torch.Tensor:
-    """The tensor that stands for the model's prediction: logits when named, else the first tensor."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            return value
-    pytest.fail(f"the model returned {type(output).__name__} with no tensor in it")
+def prediction_of(case: Case, batch: Any = None) -> torch.Tensor:
+    """The model's output tensor for a batch (the case's by default), however the step calls the model."""
+    batch = case.batch if batch is None else batch
+    if not takes_model(case):
+        return _tensor_or_fail(case, forward(case.model, batch))
+    seen: list[Any] = []
+    handle = case.model.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        run_step(case, batch)
+    except Exception:  # the step's own loss may fail after the model ran: the prediction is what is checked
+        if not seen:
+            raise
+    finally:
+        handle.remove()
+    return _tensor_or_fail(case, seen[0] if seen else None)
 
 
-def compute_loss(case: Case, output: Any) -> torch.Tensor:
-    """loss_fn if the factory gave one; else the output's own .loss, cross-entropy or MSE to the target;
-    with no target, MSE to a fixed random target (can the model fit anything at all?)."""
-    _, target = split_batch(case.batch)
-    if case.loss_fn is not None:
-        return case.loss_fn(output) if target is None else case.loss_fn(output, target)
-    own = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-    if isinstance(own, torch.Tensor):
-        return own
+def _tensor_or_fail(case: Case, output: Any) -> torch.Tensor:
     prediction = output_tensor(output)
-    if target is None:
-        generator = torch.Generator().manual_seed(SEED + 1)
-        target = torch.randn(prediction.shape, generator=generator).to(prediction)
-        return torch.nn.functional.mse_loss(prediction.float(), target.float())
-    if not target.is_floating_point():
-        return torch.nn.functional.cross_entropy(prediction.reshape(-1, prediction.shape[-1]).float(),
-                                                 target.reshape(-1))
-    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+    if prediction is None:
+        pytest.fail(f"no output tensor to check: {case.form} did not call the model itself, or it returned none")
+    return prediction
 
 
 def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -152,7 +125,7 @@ def train_steps(case: Case, steps: int, lr: float,
     losses = []
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = compute_loss(case, forward(case.model, case.batch))
+        loss = step_loss(case)
         loss.backward()
         losses.append(float(loss.detach()))
         if after_backward is not None:
