@@ -10,12 +10,13 @@ import secrets
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import MCPServer
 
 from ml_debug_mcp import __version__
 from ml_debug_mcp.server.config import Config
 from ml_debug_mcp.server.knowledge import register_knowledge
-from ml_debug_mcp.server.middleware import ArgumentHygiene
+from ml_debug_mcp.server.middleware import ArgumentHygiene, ListingCache
 from ml_debug_mcp.tools import register_all
 from ml_debug_mcp.tools._base import ToolEnv
 
@@ -25,6 +26,9 @@ Debug a training run the way a senior ML engineer would, in this order:
 2. Classify: classify_failure on the log (and error text / training script); while a job still runs, watch_run says when it starts to go wrong; follow each hypothesis' next_steps (analyze_gradients, check_shapes, read_metrics) until confidence >= 0.8.
 3. Fix, then record and lock it in: compare_runs on the before/after logs, write_journal with the root cause and fix, create_smoke_test for a regression test.
 Resources: guide://decision-tree, guide://thresholds, guide://failure-catalogue. Paths must lie inside the server's roots."""
+
+
+LISTING_TTL_MS = 10 * 60 * 1000
 
 
 class StaticTokenVerifier(TokenVerifier):
@@ -63,6 +67,8 @@ def create_server(config: Config | None = None) -> MCPServer:
         auth=auth,
         token_verifier=verifier,
         log_level=config.log_level,  # type: ignore[arg-type]
+        # The tool set never changes while the server runs: a caching client may keep the listing.
+        cache_hints={"tools/list": CacheHint(ttl_ms=LISTING_TTL_MS, scope="public")},
     )
     env = ToolEnv(
         roots=config.roots,
@@ -76,5 +82,6 @@ def create_server(config: Config | None = None) -> MCPServer:
     )
     register_all(mcp, env)
     register_knowledge(mcp, env)
+    mcp.middleware.append(ListingCache())
     mcp.middleware.append(ArgumentHygiene(mcp))
     return mcp
