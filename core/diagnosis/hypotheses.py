@@ -39,6 +39,7 @@ REQUIRED_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "tail_log": ("path",), "read_metrics": ("path",), "check_shapes": ("entrypoint",),
     "compare_runs": ("before_path", "after_path"), "create_smoke_test": ("path", "failure"),
     "write_journal": ("title", "symptom", "root_cause", "fix", "resolution"),
+    "watch_run": ("source",),
 }
 ONE_OF_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "classify_failure": ("code_path", "log_path", "log_text", "error_text", "series"),
