@@ -399,6 +399,10 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     code_arg = str(code_path) if code_path is not None else None
     found: list[Hypothesis] = []
     input_notes: list[str] = [paste_note] if paste_note else []
+    if parsed is not None and parsed.series and parsed.format not in ("series", "unknown"):
+        from ml_debug_mcp.core.logs.formats.registry import describe
+
+        input_notes.append(f"Metric series read as {parsed.format} ({describe(parsed.format)}): {parsed.records} records.")
     if parsed is not None:
         parsed, runs = last_run(parsed)
         if runs > 1:
@@ -442,8 +446,9 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
     binary = bool(error_text) and _looks_binary(error_text)
     notes = _missing_evidence(top, parsed, log_path, had_errors, code_path is not None, binary)
     input_notes += parsed.warnings[:MAX_INPUT_NOTES] if parsed is not None else []
+    read_as = parsed.format if parsed is not None and parsed.series else None
     return Diagnosis(hypotheses=ranked, summary=_summary(ranked, notes), needs_more_evidence=notes,
-                     input_notes=input_notes)
+                     input_notes=input_notes, metrics_format=read_as)
 
 
 def classify_text(text: str, fmt: str | None = None, *, code_path: Path | None = None, error_text: str | None = None,

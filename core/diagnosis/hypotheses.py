@@ -92,3 +92,5 @@ class Diagnosis(BaseModel):
     needs_more_evidence: list[str] = Field(default_factory=list, description="What would raise confidence above 0.8, when the best hypothesis is below it")
     input_notes: list[str] = Field(default_factory=list, description="What the inputs say about themselves: how the "
                                    "log's steps were counted, a code file that did not parse, a tail that was not read")
+    metrics_format: str | None = Field(None, description="Which log-format parser read the metric series (read_metrics "
+                                       "format id), when any series were read")

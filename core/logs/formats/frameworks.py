@@ -86,10 +86,11 @@ class JaxParser(KeyValueParser):
     and hand-written `step 100: loss=2.3` / `train epoch: 1, loss: 0.3` lines."""
 
     fmt = "jax"
-    _CLU_RE = re.compile(r"^\s*(?:\w+\s+)?\[(\d+)\]\s+(?=[\w/.-]+=)")
+    # After glog's "I1002 21:38:13.425730 1399 logging_writer.py:35] " (or nothing), optionally a collection name.
+    _CLU_RE = re.compile(r"(?:^|\]\s)\s*(?:\w+\s+)?\[(\d+)\]\s+(?=[\w/.-]+=)")
 
     def feed(self, line: str, rank: int | None) -> bool:
-        m = self._CLU_RE.match(line)
+        m = self._CLU_RE.search(line)
         if m:
             line = f"step {m.group(1)}, " + line[m.end():]
         return super().feed(line, rank)
@@ -113,7 +114,7 @@ class MXNetParser(KeyValueParser):
 
     def feed(self, line: str, rank: int | None) -> bool:
         values, step, known = split_pairs(extract_pairs(line))
-        values = {self._RENAMES.get(k.lower(), k): v for k, v in values.items() if k.lower() != "epoch"}
+        values = {self._RENAMES.get(k.lower(), k): v for k, v in values.items() if k.lower() not in ("epoch", "batch")}
         if not values:
             return False
         summary = self._EPOCH_LINE_RE.search(line)
@@ -156,6 +157,8 @@ class CaffeParser(LineParser):
                 return False
             if kind == "Test":
                 return self.out.add({f"val_{name}": value}, self.test_iteration, rank)
+            if self.iteration is None:
+                return False  # an output before any iteration line: its step is unknown
             if name == "loss" and self.loss_at == self.iteration:
                 return True
             return self.out.add({name: value}, self.iteration, rank)

@@ -57,7 +57,7 @@ TEXT_FORMATS: tuple[TextFormat, ...] = (
     TextFormat("yolo", "YOLO (ultralytics, yolov5) per-epoch tables '2/300  4.09G  0.5756 ...'", YoloParser,
                re.compile(r"^\s*\d+/\d+\s+\d+(?:\.\d+)?G\s+\d|^\s*Epoch\s+(?:GPU_mem|gpu_mem)\s")),
     TextFormat("jax", "JAX/Flax/T5X (CLU) '[100] train/loss=2.3, lr=...', 'step 100: loss=2.3'", JaxParser,
-               re.compile(r"^\s*(?:\w+\s+)?\[\d+\]\s+[\w/.-]+=\S|^\s*step \d+: [\w/.-]+=\S", _I)),
+               re.compile(r"(?:^|\]\s)\s*(?:\w+\s+)?\[\d+\]\s+[\w/.-]+=\S|^\s*step \d+: [\w/.-]+=\S", _I)),
     TextFormat("megatron", "Megatron-LM / DeepSpeed 'iteration N/ M | ... | lm loss: ...'", MegatronParser,
                re.compile(r"iteration\s+\d+/\s*\d+\s*\||validation loss at iteration \d+")),
     TextFormat("keras", "Keras progress bar 'Epoch 3/10' + '- loss: 0.12 - val_loss: ...'", KerasParser,

@@ -43,7 +43,7 @@ _NONFINITE_WORD = r"[-+]?(?:[Nn]a[Nn]|NAN|[Ii]nf(?:inity)?|INF(?:INITY)?)"
 _KV_RE = re.compile(
     r"(?<![\w.\-/])(?P<key>[A-Za-z_][\w./\-]*(?:[ ](?:\([\w/%.]+\)|[A-Za-z_][\w./\-]*)){0,5}?)"
     r"[\"']?\s*(?:[:=]\s*|\s+)\[?"  # DeepSpeed prints per-group values in brackets: lr=[0.0001]
-    rf"(?P<val>{_NUMERIC}(?=ms|s|%|x|:(?!\d)|[^\w.:]|$)(?!-\d|/\d+/)|{_NONFINITE_WORD}(?=\s*(?:$|[|,;)\]}}'\"]|-\s)|\s+[A-Za-z_][\w./\-]*\s*=))")
+    rf"(?P<val>{_NUMERIC}(?=ms|s|%|x|[KMG]i?B?(?![\w.])|:(?!\d)|[^\w.:]|$)(?!-\d|/\d+/)|{_NONFINITE_WORD}(?=\s*(?:$|[|,;)\]}}'\"]|-\s)|\s+[A-Za-z_][\w./\-]*\s*=))")
 # "trainer.py:120" is a source location, not a metric called "trainer.py".
 _SOURCE_FILE_RE = re.compile(r"\.(?:py|pyx|cc|cpp|cu|h|c|rs|go|js|ts|java)$")
 # Cheap pre-check: a line that names none of these carries no metric the detectors read.
@@ -81,6 +81,11 @@ def _suffix_key(key: str) -> str:
     return key
 
 
+# "loss: nan eta: 3:56:31" (PaddleDetection, mmcv): a NaN/Inf right after a one-word `key:` counts even when
+# another key follows, unlike one inside prose ("number of nan iterations: 0").
+_KEYED_NONFINITE_RE = re.compile(rf"(?<![\w.\-/])(?P<key>[A-Za-z_][\w./\-]*)\s*[:=]\s*\[?(?P<val>{_NONFINITE_WORD})(?=\s)")
+
+
 def extract_pair_spans(line: str) -> list[tuple[str, float, int, int]]:
     """(key, value, value start, value end) for every pair of a free-text line."""
     pairs = []
@@ -91,6 +96,12 @@ def extract_pair_spans(line: str) -> list[tuple[str, float, int, int]]:
         value = to_float(m.group("val"))
         if value is not None:
             pairs.append((_suffix_key(key), value, m.start("val"), m.end("val")))
+    if "nan" in line or "inf" in line or "NaN" in line or "Inf" in line:
+        taken = {start for _, _, start, _ in pairs}
+        extra = [(m.group("key"), to_float(m.group("val")), m.start("val"), m.end("val"))
+                 for m in _KEYED_NONFINITE_RE.finditer(line) if m.start("val") not in taken]
+        if extra:
+            pairs = sorted(pairs + extra, key=lambda p: p[2])
     return pairs
 
 
