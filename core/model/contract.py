@@ -95,10 +95,13 @@ def check_factory(factory: Callable[..., Any]) -> None:
 
 def loss_form(loss_fn: Callable[..., Any]) -> tuple[str, str]:
     """('model_batch' | 'output_target' | 'output', why) from the names, annotations and arity."""
-    try:
-        params = [p for p in inspect.signature(loss_fn).parameters.values()
+    try:  # an nn.Module loss (nn.CrossEntropyLoss()) shows (*args, **kwargs): its forward has the names
+        signed = loss_fn.forward if isinstance(loss_fn, torch.nn.Module) else loss_fn
+        params = [p for p in inspect.signature(signed).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
+        params = []
+    if not params:
         return "output_target", "its signature cannot be read, so the classic loss_fn(output, target)"
     required = [p for p in params if p.default is p.empty]
     names = [p.name.lower() for p in params[:2]]

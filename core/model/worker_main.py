@@ -426,7 +426,7 @@ def op_shapes(task: dict, channel: Channel) -> dict:
     variants = []
     for dimension, resized in _resized_batches(case.batch):
         channel.progress(f"tracing again with the {dimension} changed")
-        other = _trace(case._replace(batch=resized[2]), meta, ranges, budget, [], channel)
+        other = _trace(case._replace(batch=resized[2]), meta, ranges, budget, [], channel, record=False)
         failure = other["failure"] or {}
         variants.append({"dimension": dimension, "from": resized[0], "to": resized[1],
                          "status": "failed" if other["failure"] else "ok", "module": failure.get("module"),
@@ -474,8 +474,9 @@ def _resize(batch, dim: int, old: int, new: int):
     return contract.map_tensors(batch, change)
 
 
-def _trace(case, meta: bool, ranges: dict, budget: int, notes: list, channel: Channel) -> dict:
-    """One no-grad pass of the step with every module's input/output shapes recorded in call order."""
+def _trace(case, meta: bool, ranges: dict, budget: int, notes: list, channel: Channel, record: bool = True) -> dict:
+    """One no-grad pass of the step with every module's input/output shapes recorded in call order
+    (without `record`, only the modules still running are kept: enough to say which one raised)."""
     model = case.model
     batch = meta_trace.to_meta(case.batch, contract.map_tensors, ranges) if meta else case.batch
     names = {id(m): n for n, m in model.named_modules()}
@@ -489,7 +490,8 @@ def _trace(case, meta: bool, ranges: dict, budget: int, notes: list, channel: Ch
             stack.append(-1)
         else:
             calls.append({"index": len(calls), "name": names.get(id(module), "?"), "type": type(module).__name__,
-                          "depth": len(stack), "inputs": tensor_specs((a, kw) if kw else a, ranges=ranges),
+                          "depth": len(stack), "inputs": tensor_specs((a, kw) if kw else a, ranges=ranges)
+                          if record else [],
                           "params": sum(p.numel() for p in module.parameters(recurse=False)),
                           "leaf": not any(True for _ in module.children()), "status": "running"})
             stack.append(len(calls) - 1)
@@ -499,7 +501,7 @@ def _trace(case, meta: bool, ranges: dict, budget: int, notes: list, channel: Ch
     def post(module, a, kw, output):
         index = stack.pop()
         if index >= 0:
-            calls[index]["outputs"] = tensor_specs(output)
+            calls[index]["outputs"] = tensor_specs(output) if record else []
             calls[index]["status"] = "ok"
 
     handles = []
