@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ml_debug_mcp.core.host import processes
 from ml_debug_mcp.core.host.processes import (
     CpuSampler,
     bound_command,
@@ -216,7 +217,10 @@ def test_server_process_and_ancestors_are_never_auto_discovered(spawner):
     assert not excluded & set(found)
 
 
-def test_torchrun_like_job_lists_ranks_under_the_launcher(spawner):
+@pytest.mark.parametrize("parents", ["psutil parent map", "ppid read in the pass"])
+def test_torchrun_like_job_lists_ranks_under_the_launcher(spawner, parents, monkeypatch):
+    if parents == "ppid read in the pass":  # a platform without psutil's helper takes the other road
+        monkeypatch.setattr(processes, "_parent_map", lambda: None)
     rank_script = spawner.folder / "train_rank.py"
     rank_script.write_text(textwrap.dedent(RANK))
     launcher, line = spawner.start("torchrun", LAUNCHER, "2", str(rank_script))
@@ -234,6 +238,13 @@ def test_torchrun_like_job_lists_ranks_under_the_launcher(spawner):
     assert [(children[p].rank, children[p].local_rank, children[p].world_size) for p in rank_pids] == [(0, 0, 2), (1, 1, 2)]
     assert all(children[p].role == "rank" for p in rank_pids)
     assert helper_pids and all(children[h].role == "subprocess" and children[h].rank == 0 for h in helper_pids)
+
+
+def test_the_parent_map_is_read_in_one_piece_on_linux():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("psutil's parent map helper is Linux-only")
+    parents = processes._parent_map()
+    assert parents is not None and parents[os.getpid()] == os.getppid()
 
 
 def test_zombie_child_is_shown_with_its_state(spawner):

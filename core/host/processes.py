@@ -234,26 +234,34 @@ def discover_training_processes(
     pattern = compile_name_pattern(name_pattern)
     excluded = _self_and_ancestors()
 
-    parent_of: dict[int, int] = {}
     reasons: dict[int, str] = {}
-    created: dict[int, float] = {}
     scanned = 0
-    for proc in psutil.process_iter(["pid", "ppid", "name", "cmdline", "create_time"]):
+    found: dict[int, psutil.Process] = {}
+    # One pass reading only what every process needs (its parent, its command line): the name is read
+    # only where a pattern meets an empty command line (kernel threads), the age only for the matches.
+    parent_of = _parent_map()
+    attrs = ["cmdline"] if parent_of is not None else ["ppid", "cmdline"]
+    parent_of = parent_of or {}
+    for proc in psutil.process_iter(attrs):
         scanned += 1
         info = proc.info
-        parent_of[info["pid"]] = info["ppid"] or 0
-        created[info["pid"]] = info["create_time"] or 0.0
-        if info["pid"] in excluded or info["pid"] == pid:
+        this = proc.pid
+        if "ppid" in info:
+            parent_of[this] = info["ppid"] or 0
+        if this in excluded or this == pid:
             continue
         cmdline = info["cmdline"] or []
         if pattern is not None:
-            text = " ".join(cmdline) or (info["name"] or "")
+            text = " ".join(cmdline) or _name_or_empty(proc)
             if pattern.search(text):
-                reasons[info["pid"]] = f"command line matches name_pattern {pattern.pattern!r}"
+                reasons[this] = f"command line matches name_pattern {pattern.pattern!r}"
+                found[this] = proc
         elif pid is None:
             reason = training_match(cmdline)
             if reason:
-                reasons[info["pid"]] = reason
+                reasons[this] = reason
+                found[this] = proc
+    created = {p: _created_or_zero(proc) for p, proc in found.items()}
 
     missing = None
     if pid is not None:
@@ -289,6 +297,35 @@ def _self_and_ancestors() -> set[int]:
     except psutil.Error:
         pass
     return pids
+
+
+def _parent_map() -> dict[int, int] | None:
+    """{pid: ppid} of every process from psutil's own helper for `children()`, where the platform has it.
+
+    It reads one stat file per process; `ppid` through process_iter costs a second one for psutil's
+    pid-reuse check, a third of the pass. None: read ppid in the pass instead.
+    """
+    helper = getattr(getattr(psutil, "_psplatform", None), "ppid_map", None)
+    if helper is None:
+        return None
+    try:
+        return dict(helper())
+    except Exception:  # an internal helper may change between psutil versions: fall back, never fail
+        return None
+
+
+def _name_or_empty(proc: psutil.Process) -> str:
+    try:
+        return proc.name() or ""
+    except psutil.Error:
+        return ""
+
+
+def _created_or_zero(proc: psutil.Process) -> float:
+    try:
+        return proc.create_time()
+    except psutil.Error:
+        return 0.0
 
 
 def _ppid_or_zero(pid: int) -> int:
