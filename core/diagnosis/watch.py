@@ -28,13 +28,14 @@ from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothes
 from ml_debug_mcp.core.logs.sources import SourceNotFound, TrackerSource, read_tracker
 
 MAX_SECONDS = 600.0
-# An early warning whose condition holds from the run's first record describes where the run started (a uniform
-# policy, a fresh init clipping its first steps), not something that went wrong: it is raised only once it has
-# lasted this many records: the detectors' longest window (LIMITS.window_max), so a warning never rests on less
-# than they judge. (numpy and the detectors load on the first watch, not when the server starts.)
+# An early warning whose condition holds from the run's first record (or that names no onset) may describe where
+# the run started (a uniform policy, a fresh init clipping its first steps or taking large first updates), not
+# something that went wrong: it is raised only once the run has the detectors' longest window of records
+# (LIMITS.window_max), so it never rests on less than they judge. (numpy and the detectors load on the first
+# watch, not when the server starts.)
 RUN_SHAPE = frozenset({"plateau", "slow_convergence", "hockey_stick", "overfitting", "slow_throughput", "healthy"})
-FAILING_NOW = frozenset({"nan_loss", "divergence", "oom", "shape_mismatch", "graph_reuse", "device_mismatch",
-                         "dtype_mismatch", "cuda_assert", "distributed_hang"})
+FAILING_NOW = frozenset({"nan_loss", "divergence", "vanishing_gradients", "oom", "shape_mismatch", "graph_reuse",
+                         "device_mismatch",                         "dtype_mismatch", "cuda_assert", "distributed_hang"})
 
 
 class Alarm(BaseModel):
@@ -111,8 +112,8 @@ def alarms_of(diagnosis: Diagnosis, reported: tuple[str, ...] = (), first_step: 
         if h.failure in RUN_SHAPE or h.failure in reported or h.confidence < HEALTHY_VETO:
             continue
         alarm = _alarm(h)
-        if (alarm.kind == "early_warning" and first_step is not None and alarm.step is not None
-                and alarm.step <= first_step and records < LIMITS.window_max):
+        since_start = h.onset_step is None or (first_step is not None and h.onset_step <= first_step)
+        if alarm.kind == "early_warning" and since_start and records < LIMITS.window_max:
             continue
         out.append(alarm)
     return out
