@@ -33,7 +33,8 @@ INITIALISERS = frozenset(getattr(torch.Tensor, n) for n in (
     "normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_",
     "erfinv_") if hasattr(torch.Tensor, n))
 META_ERRORS = ("meta tensor", "'Meta' backend", "Meta backend", "on meta tensors", "data-dependent",
-               "Cannot copy out of meta", "meta device", "with meta", "DispatchKey.Meta", "to_empty")
+               "Cannot copy out of meta", "meta device", "with meta", "DispatchKey.Meta", "to_empty",
+               "no fake impl registered", "register_fake")
 
 
 def is_meta_error(exc: BaseException) -> bool:
