@@ -13,6 +13,7 @@ from ml_debug_mcp.core.diagnosis.classify import classify, classify_text
 from ml_debug_mcp.core.diagnosis.detectors.error_text import FAMILY_CONFIDENCE, detect_errors
 from ml_debug_mcp.core.diagnosis.detectors.generated_text import detect_generated_text
 from ml_debug_mcp.core.diagnosis.detectors.series_checks import detect_series
+from ml_debug_mcp.core.logs.metrics import parse_metrics_text
 from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name
 
 
@@ -276,3 +277,32 @@ def test_a_throughput_table_that_does_not_scale_is_slow_throughput():
     good = "1 GPU: 100 samples/s\n8 GPUs: 760 samples/s"
     assert detect_throughput_text(poor)[0].failure == "slow_throughput"
     assert detect_throughput_text(good) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# A training objective under another name is read as the loss, and says so
+
+def test_a_loss_under_another_name_is_read_as_the_loss_and_named():
+    zeroed = "\n".join(f"Epoch[1] Batch[{10 * i}]\tSpeed: 29.5 samples/sec\t\tMultiLogisticLoss={v:.6f}"
+                       for i, v in enumerate([0.100427] + [0.0] * 7, 1))
+    diagnosis = classify_text(zeroed)
+    assert diagnosis.hypotheses and diagnosis.hypotheses[0].failure != "healthy", diagnosis.summary
+    assert any("'multilogisticloss' was read as the loss" in n for n in diagnosis.input_notes), diagnosis.input_notes
+    falling = "\n".join(f"Epoch[1] Batch[{10 * i}]\tSpeed: 29.5 samples/sec\t\tMultiLogisticLoss={2.0 / i:.6f}"
+                        for i in range(1, 9))
+    quiet = classify_text(falling)
+    assert quiet.hypotheses and quiet.hypotheses[0].failure == "healthy", quiet.summary
+
+
+def test_rl_and_gan_parts_are_never_read_as_the_loss():
+    log = "\n".join(f"step {i} policy_loss={-0.1 * i:.3f} value_loss={0.0:.3f} d_loss={0.0:.3f}" for i in range(1, 9))
+    diagnosis = classify_text(log)
+    assert not any("was read as the loss" in n for n in diagnosis.input_notes), diagnosis.input_notes
+
+
+def test_fairseq_running_averages_and_bracketed_keys_keep_their_loss():
+    fairseq = "\n".join(f"| epoch 001:   {i}000 / 37483 loss={9.9 - 0.3 * i:.2f} ({10.5 - 0.2 * i:.2f}), wps=4632, "
+                        f"lr=0.25, gnorm=1.02" for i in range(1, 6))
+    assert parse_metrics_text(fairseq).get("loss").values == pytest.approx([9.6, 9.3, 9.0, 8.7, 8.4])
+    bracketed = "2019-08-07 02:59:37,013 - __main__ - INFO - [epoch]: 199, [batch]: 23900, [loss]: 4.99\n" * 2
+    assert parse_metrics_text(bracketed).get("loss") is not None

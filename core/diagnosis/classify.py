@@ -11,6 +11,7 @@ importing this module stays cheap for the server.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,6 +375,34 @@ def parse_safely(*, path: Path | None = None, text: str | None = None, fmt: str 
                          warnings=[f"metric parsing failed ({type(exc).__name__}: {exc}); no metric series read"])
 
 
+# When a log names its training loss otherwise: a loss by another name (MXNet's `MultiLogisticLoss`,
+# mmdet's parts), the negative log-likelihood, then perplexity (exp of it: same shape, other scale).
+# RL and GAN parts (policy, value, discriminator...) do not fall like an objective: never stand-ins.
+_LOSS_LIKE = (re.compile(r"^(?!(?:eval|val|valid|test|policy|value|vf|pg|actor|critic|entropy|d|g|disc|dis|gen|aux|reg)_)"
+                         r"[a-z0-9_]*loss$"), re.compile(r"^(?:nll|ce|xent|cross_entropy)(?:_loss)?$"),
+              re.compile(r"^(?:ppl|perp|perplexity|train_ppl|train_perplexity)$"))
+
+
+def stand_in_loss(parsed: ParsedLog) -> tuple[ParsedLog, str | None]:
+    """A log without a series called `loss` still has a training objective: read the closest one as
+    the loss (a loss-named series, else NLL, else perplexity, else the eval loss alone), and say which."""
+    if parsed.get("loss") is not None or not parsed.series:
+        return parsed, None
+    for pattern in _LOSS_LIKE:
+        named = sorted({s.name for s in parsed.series if pattern.search(s.name)},
+                       key=lambda n: (not n.startswith("total"), len(n), n))
+        if named:
+            break
+    else:
+        named = ["eval_loss"] if parsed.get("eval_loss") is not None else []
+    if not named:
+        return parsed, None
+    chosen = named[0]
+    extra = [s.model_copy(update={"name": "loss"}) for s in parsed.series if s.name == chosen]
+    return parsed.model_copy(update={"series": parsed.series + extra}), (
+        f"The log has no series called loss: '{chosen}' was read as the loss.")
+
+
 def classify(parsed: ParsedLog | None = None, error_text: str | None = None, code_path: Path | None = None,
              log_path: str | None = None, *, series: Mapping[str, Sequence[Sequence[float | None]]] | None = None,
              error_blocks: Iterable[Any] = (), tail_text: str | None = None, tail_first_line: int = 1) -> Diagnosis:
@@ -404,6 +433,8 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
 
         input_notes.append(f"Metric series read as {parsed.format} ({describe(parsed.format)}): {parsed.records} records.")
     if parsed is not None:
+        parsed, stand_in = stand_in_loss(parsed)
+        input_notes += [stand_in] if stand_in else []
         parsed, runs = last_run(parsed)
         if runs > 1:
             input_notes.append(f"The log holds {runs} runs one after another (the step count starts again): only the "

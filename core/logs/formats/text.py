@@ -86,9 +86,15 @@ def _suffix_key(key: str) -> str:
 _KEYED_NONFINITE_RE = re.compile(rf"(?<![\w.\-/])(?P<key>[A-Za-z_][\w./\-]*)\s*[:=]\s*\[?(?P<val>{_NONFINITE_WORD})(?=\s)")
 
 
+# "[epoch]: 199, [loss]: 4.99": a key in brackets, unbracketed in place (same length, so spans still hold).
+_BRACKETED_KEY_RE = re.compile(r"\[([A-Za-z_][\w./\-]*)\]:")
+
+
 def extract_pair_spans(line: str) -> list[tuple[str, float, int, int]]:
     """(key, value, value start, value end) for every pair of a free-text line."""
     pairs = []
+    if "]:" in line:
+        line = _BRACKETED_KEY_RE.sub(r" \1:", line)
     for m in _KV_RE.finditer(line):
         key = m.group("key")
         if _SOURCE_FILE_RE.search(key):
@@ -338,8 +344,9 @@ class FairseqParser(LineParser):
         m = self._INNER_RE.search(line)
         if m and not is_valid:
             self.seen_inner = True
+            # "loss=9.68 (10.49)": older fairseq prints the running average after the value
             pairs = [(k, v) for k, v in (p.split("=", 1) for p in m.group(2).split(", ") if "=" in p)
-                     for v in [to_float(v)] if v is not None]
+                     for v in [to_float(v.split(" (", 1)[0])] if v is not None]
             return self._emit(pairs, float(m.group(1)), rank, "")
         m = self._SUMMARY_RE.search(line)
         if m:
