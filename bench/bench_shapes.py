@@ -15,6 +15,7 @@ imports torch gives the floor under both (most of check_shapes' RSS is torch its
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -96,6 +97,9 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     cases = CASES[:1] if args.quick else CASES
+    if importlib.util.find_spec("torchinfo") is None:
+        print('torchinfo is not installed, so there is no baseline: pip install -e ".[bench]"', file=sys.stderr)
+        return 2
     floor = measure("baseline", "-")
     print(f"{'model':<14} {'tool':<19} {'wall':>10} {'peak RSS':>12}  result")
     print(f"{'-':<14} {'import torch only':<19} {fmt(floor['seconds'], 's'):>10} {fmt(floor['peak_mb'], 'MiB'):>12}")
