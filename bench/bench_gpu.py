@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from ml_debug_mcp.core.host.nvml import NVML_MODULE_ENV  # noqa: E402
 from ml_debug_mcp.core.host.snapshot import host_status  # noqa: E402
+from summary import row  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 SLEEPING_SCRIPT = "import time\nprint('ready', flush=True)\ntime.sleep(600)\n"
 
@@ -100,6 +101,8 @@ def main() -> int:
     for name, ms in rows:
         print(f"{name:<52} {ms:>8.2f} {ms / baseline:>8.1f} {ms / cmdline_pass:>10.2f}")
     print(f"sampling overhead, samples=10 / samples=1 (8 GPUs): {sampled / one:.2f}x")
+    row("gpu_status (host_status, 8 GPUs)", rows[4][1], cmdline_pass, "ms", "<= 1.2x",
+        baseline_name="process_iter(['name','cmdline'])")
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import anyio
 from mcp import Client, StdioServerParameters
+from summary import row  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,7 @@ def main() -> int:
     print(f"ratio vs bare mcp: time {ours['seconds'] / base['seconds']:.2f}x, download "
           f"{ours['download_mb'] / base['download_mb']:.2f}x, added {ours['added_mb'] / base['added_mb']:.2f}x")
     print(f"installed server start to tools/list: {listed:.2f} s; torch importable in the light venv: {torch}")
+    row("light install download", ours["download_mb"], base["download_mb"], "MB", "< 150 MB", baseline_name="bare mcp")
     print(f"cache: {'off (first download)' if args.no_cache else 'pip cache (re-install)'}")
     return 0
 

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_tail import MiB, dense_chunk, realistic_chunk, write_log  # noqa: E402
+from summary import row  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
@@ -84,6 +85,8 @@ def main() -> int:
         mbs, grep_mbs = size / secs / 1e6, size / grep_s / 1e6
         print(f"{kind:>10} {size / MiB:>6.0f}Mi {secs:>8.2f} {mbs:>7.1f} {grep_mbs:>10.0f} {mbs / grep_mbs:>6.1%} "
               f"{peak:>9.1f} {records:>10} {fmt}")
+        row(f"whole-log parsing, {kind} {size / MiB:.0f} MiB", mbs, grep_mbs, "MB/s", ">= 0.3x (higher is better)",
+            baseline_name="grep -c")
     return 0
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ml_debug_mcp.core.model.probe import TrainingProbe
+from summary import row  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
 def make_model(width: int, depth: int) -> nn.Module:
@@ -110,6 +111,8 @@ def main() -> None:
         label = f"{r['params'] / 1e6:.1f}M params, {int(r['tensors'])} tensors"
         print(f"{label:>24} {clip * 1e6:>13.0f}us {r['probe_unsampled'] / clip:>9.4f}x {r['probe_sampled'] / clip:>8.2f}x "
               f"{r['probe_estimated'] / clip:>20.2f}x")
+        row(f"probe sampled step, {label}", r["probe_sampled"] * 1e6, clip * 1e6, "us", "<= 1.2x",
+            baseline_name="clip_grad_norm_")
     print("Columns after clip_grad_norm_ are probe time / clip_grad_norm_ time. 'no snapshot' is "
           "measure_updates=False.\nSampled steps happen every `every` steps (default 100): amortised cost per "
           "step = sampled/every.")

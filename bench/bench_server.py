@@ -4,12 +4,15 @@
 
 Start-up: spawn to a completed MCP initialize (stdio), or to /healthz + initialize (HTTP).
 Round trip: list_tools, and one cheap tool call (ml-debug-mcp: tail_log of a 50-line file;
-echo: echo), repeated; medians and p95 in ms, and the ratio ours/echo.
+echo: echo), repeated; medians and p95 in ms, and the ratio ours/echo. A third server replays
+tail_log's stored result under tail_log's output schema: the floor any server with typed results
+pays (most of it is the client validating structured content against the schema).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -25,10 +28,17 @@ from mcp import Client, StdioServerParameters
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from mcp_harness import console_script, free_port  # noqa: E402
+from summary import row  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
-def _stdio(cmd: list[str], cwd: str) -> Client:
-    return Client(StdioServerParameters(command=cmd[0], args=cmd[1:], cwd=cwd, env=dict(os.environ)))
+def _stdio(cmd: list[str], cwd: str, env: dict[str, str] | None = None) -> Client:
+    return Client(StdioServerParameters(command=cmd[0], args=cmd[1:], cwd=cwd, env={**os.environ, **(env or {})}))
+
+
+async def _one_result(make_client, call: tuple[str, dict]) -> dict:
+    """One real call's structured result, for the replaying echo server."""
+    async with make_client() as client:
+        return (await client.call_tool(*call)).structured_content
 
 
 async def _session_figures(make_client, call: tuple[str, dict], repeats: int) -> dict[str, list[float]]:
@@ -81,8 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     ours_call = ("tail_log", {"path": str(log), "lines": 20})
     echo_call = ("echo", {"text": "hello"})
 
+    replay = work / "tail_log.json"
+    replay.write_text(json.dumps(anyio.run(_one_result, ours_stdio, ours_call)))
+    replay_stdio = lambda: _stdio([sys.executable, str(HERE / "echo_server.py")], str(work),  # noqa: E731
+                                  {"ECHO_REPLAY": str(replay)})
+    replay_call = ("replay", ours_call[1])
+
     rows: dict[str, dict[str, list[float]]] = {}
-    for name, make, call in (("stdio ml-debug-mcp", ours_stdio, ours_call), ("stdio echo", echo_stdio, echo_call)):
+    for name, make, call in (("stdio ml-debug-mcp", ours_stdio, ours_call), ("stdio echo", echo_stdio, echo_call),
+                             ("stdio echo, replay", replay_stdio, replay_call)):
         agg: dict[str, list[float]] = {"startup": [], "list_tools": [], "call": []}
         for i in range(launches):
             figures = anyio.run(_session_figures, make, call, repeats if i == 0 else 1)
@@ -116,6 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         l50, l95 = _ms(agg["list_tools"])
         c50, c95 = _ms(agg["call"])
         print(f"{name:<20}{s:>22.0f}{f'{l50:.2f}/{l95:.2f}':>24}{f'{c50:.2f}/{c95:.2f}':>24}")
+    ours, typed = rows["stdio ml-debug-mcp"], rows["stdio echo, replay"]
+    print(f"stdio: tool call vs an echo server replaying the same typed result under the same schema: "
+          f"{_ms(ours['call'])[0] / _ms(typed['call'])[0]:.2f}x (what ml-debug-mcp's own work adds to the "
+          "protocol's and the client's schema validation)")
+    for transport in ("stdio", "http"):
+        ours, echo = rows[f"{transport} ml-debug-mcp"], rows[f"{transport} echo"]
+        for key, figure, goal in (("startup", "start-up to initialize", "<= 1.3x"), ("list_tools", "list_tools", "<= 2x"),
+                                  ("call", "tail_log call", "<= 2x")):
+            row(f"{figure}, {transport}", _ms(ours[key])[0] * 1e3, _ms(echo[key])[0] * 1e3, "ms", goal,
+                baseline_name="MCPServer echo")
+    row("tail_log call, stdio, vs echo replaying its typed result", _ms(rows["stdio ml-debug-mcp"]["call"])[0] * 1e3,
+        _ms(rows["stdio echo, replay"]["call"])[0] * 1e3, "ms", "the protocol + schema floor",
+        baseline_name="echo, same result and schema")
     for transport in ("stdio", "http"):
         ours, echo = rows[f"{transport} ml-debug-mcp"], rows[f"{transport} echo"]
         ratio = lambda k: _ms(ours[k])[0] / _ms(echo[k])[0]  # noqa: E731

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from summary import row  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "tests" / "fixtures" / "models" / "big.py"
 CAP_MB = 4096
@@ -111,6 +113,10 @@ def main() -> int:
             status = "ok" if r["ok"] else f"FAILED ({r.get('error')})"
             print(f"{model:<14} {name:<19} {fmt(r['seconds'], 's'):>10} {fmt(r['peak_mb'], 'MiB'):>12}  {status}")
         if mine["ok"] and theirs["ok"]:
+            row(f"check_shapes peak RSS, {size}", mine["peak_mb"], theirs["peak_mb"], "MiB", "<= 0.1x",
+                baseline_name="torchinfo.summary")
+            row(f"check_shapes wall time, {size}", mine["seconds"], theirs["seconds"], "s", "< 1x",
+                baseline_name="torchinfo.summary")
             above = (theirs["peak_mb"] - floor["peak_mb"]) / max(1.0, mine["peak_mb"] - floor["peak_mb"])
             print(f"  {size}: check_shapes uses {theirs['peak_mb'] / mine['peak_mb']:.1f}x less peak memory "
                   f"({above:.0f}x less above the import-torch floor) and is "

@@ -306,3 +306,15 @@ def test_fairseq_running_averages_and_bracketed_keys_keep_their_loss():
     assert parse_metrics_text(fairseq).get("loss").values == pytest.approx([9.6, 9.3, 9.0, 8.7, 8.4])
     bracketed = "2019-08-07 02:59:37,013 - __main__ - INFO - [epoch]: 199, [batch]: 23900, [loss]: 4.99\n" * 2
     assert parse_metrics_text(bracketed).get("loss") is not None
+
+
+def test_a_saturated_softmax_loss_is_divergence_even_in_two_lines():
+    assert failures(series_log(loss=[3.30735, 87.3366])).get("divergence", 0) >= 0.6
+    assert "divergence" not in failures(series_log(loss=[3.30735, 3.1]))
+
+
+def test_a_gradient_norm_in_the_thousands_is_exploding_even_in_two_lines():
+    assert failures(series_log(loss=[2.1, 2.0], grad_norm=[1.4e7, 3.8e12])).get("exploding_gradients", 0) >= 0.7
+    assert failures(series_log(loss=[2.1, 2.0], grad_norm=[1000.5, 1012.0])).get("exploding_gradients", 0) >= 0.6
+    # early steps of a large model: large, yet not exploding
+    assert "exploding_gradients" not in failures(series_log(loss=[9.1, 8.7], grad_norm=[249.0, 13.0]))

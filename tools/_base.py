@@ -195,13 +195,15 @@ async def run_blocking(ctx: Context | None, fn: Callable[..., T], *args: Any, la
     return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
 
-def _params(fn: Callable[..., Any]) -> set[str]:
+@functools.lru_cache(maxsize=256)
+def _params(fn: Callable[..., Any]) -> frozenset[str]:
+    """A function's parameter names, read once per function (inspect.signature costs ~70 us a call)."""
     import inspect
 
     try:
-        return set(inspect.signature(fn).parameters)
+        return frozenset(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        return set()
+        return frozenset()
 
 
 def _progress_forwarder(ctx: Context) -> Callable[[float, float | None, str | None], None]:

@@ -68,8 +68,10 @@ def _exact_tail(values: np.ndarray) -> int:
 def detect_short_loss(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
     """Judgements on a short loss curve (3-30 points); signature values at any length."""
     c = ss.curve("loss")
-    if c is None or len(c) < MIN_POINTS or ss.is_rl:
+    if c is None or ss.is_rl:
         return []
+    if len(c) < MIN_POINTS:
+        return _saturated(c)
     found = _signatures(c, ss)
     if found or len(c) >= limits.excerpt_points:  # longer curves are the curve detectors' to judge
         return found
@@ -95,18 +97,27 @@ def _duplicated_records(c: Curve, ss: SeriesSet, k: int) -> bool:
     return False
 
 
+def _saturated(c: Curve) -> list[Hypothesis]:
+    """A loss at 87.3365 says divergence even once: no healthy run sits at -ln(float32's smallest normal)."""
+    v = c.values
+    saturated = np.abs(v - SATURATED_SOFTMAX) <= 0.002
+    if not len(v) or not saturated[-1]:
+        return []
+    k = int(saturated.sum())
+    first = c.step_at(int(np.argmax(saturated)))
+    text = (f"{c.label} sits at {fmt(float(v[-1]))} = -ln(float32's smallest normal) from step {fmt(first)}: the "
+            "softmax gives the true class probability 0, the mark of a run that diverged")
+    return [hypothesis("divergence", 0.65 + 0.05 * min(k - 1, 3), [
+        evidence(c, text, "loss within 0.002 of 87.3365 (saturated softmax)", step=first, value=float(v[-1]))],
+        first)]
+
+
 def _signatures(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
     v = c.values
     n = len(v)
-    saturated = np.abs(v - SATURATED_SOFTMAX) <= 0.002
-    if saturated[-1]:
-        k = int(saturated.sum())
-        first = c.step_at(int(np.argmax(saturated)))
-        text = (f"{c.label} sits at {fmt(float(v[-1]))} = -ln(float32's smallest normal) from step {fmt(first)}: the "
-                "softmax gives the true class probability 0, the mark of a run that diverged")
-        return [hypothesis("divergence", 0.65 + 0.05 * min(k - 1, 3), [
-            evidence(c, text, "loss within 0.002 of 87.3365 (saturated softmax)", step=first, value=float(v[-1]))],
-            first)]
+    saturated = _saturated(c)
+    if saturated:
+        return saturated
     k = _exact_tail(v)
     if k >= MIN_POINTS and _duplicated_records(c, ss, k):
         return []
@@ -202,4 +213,24 @@ def _not_learning(c: Curve, ss: SeriesSet, gain: float) -> list[Hypothesis]:
     return []
 
 
-SHORT_DETECTORS = (detect_short_loss,)
+HUGE_GRAD_NORM = 1e3  # 100x the exploding bar: even at the first steps of a large model, not a healthy norm
+
+
+def detect_short_grad_norm(ss: SeriesSet, limits: Limits = LIMITS) -> list[Hypothesis]:
+    """One or two pasted lines with a gradient norm in the thousands or beyond: exploding gradients.
+    (From 3 points up `detect_grad_norm` judges the curve.)"""
+    g = ss.curve("grad_norm")
+    if g is None or len(g) >= MIN_POINTS or not len(g):
+        return []
+    i = int(np.argmax(g.values))
+    peak = float(g.values[i])
+    if peak < HUGE_GRAD_NORM:
+        return []
+    confidence = 0.6 if peak < 1e5 else 0.7
+    return [hypothesis("exploding_gradients", confidence, [evidence(
+        g, f"{g.label} reaches {fmt(peak)} at step {fmt(g.step_at(i))}: {peak / limits.grad_norm_exploding:,.0f}x the "
+           f"{limits.grad_norm_exploding:g} above which gradients are exploding", f"grad_norm >= {HUGE_GRAD_NORM:g}",
+        step=g.step_at(i), value=peak)], g.step_at(i))]
+
+
+SHORT_DETECTORS = (detect_short_loss, detect_short_grad_norm)
