@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         ours, echo = rows[f"{transport} ml-debug-mcp"], rows[f"{transport} echo"]
         for key, figure, goal in (("startup", "start-up to initialize", "<= 1.3x"), ("list_tools", "list_tools", "<= 2x"),
                                   ("call", "tail_log call", "<= 2x")):
-            row(f"{figure}, {transport}", _ms(ours[key])[0] * 1e3, _ms(echo[key])[0] * 1e3, "ms", goal,
+            row(f"{figure}, {transport}", _ms(ours[key])[0], _ms(echo[key])[0], "ms", goal,
                 baseline_name="MCPServer echo")
-    row("tail_log call, stdio, vs echo replaying its typed result", _ms(rows["stdio ml-debug-mcp"]["call"])[0] * 1e3,
-        _ms(rows["stdio echo, replay"]["call"])[0] * 1e3, "ms", "the protocol + schema floor",
+    row("tail_log call, stdio, vs echo replaying its typed result", _ms(rows["stdio ml-debug-mcp"]["call"])[0],
+        _ms(rows["stdio echo, replay"]["call"])[0], "ms", "the protocol + schema floor",
         baseline_name="echo, same result and schema")
     for transport in ("stdio", "http"):
         ours, echo = rows[f"{transport} ml-debug-mcp"], rows[f"{transport} echo"]

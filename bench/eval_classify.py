@@ -22,6 +22,7 @@ from pathlib import Path
 from ml_debug_mcp.core.diagnosis.classify import classify_path
 from ml_debug_mcp.core.diagnosis.evaluate import evaluate_split, format_split_report, load_cases
 from ml_debug_mcp.core.logs.metrics import parse_metrics
+from summary import row  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 ROOT = Path(__file__).resolve().parent.parent / "tests" / "eval"
 
@@ -63,6 +64,10 @@ def main() -> int:
         print(json.dumps(report.model_dump(), indent=1))
         return 0
     print(format_split_report(report))
+    if len(report.reports) == 3:
+        log, _, base = report.reports
+        row(f"classify_failure top-1, {args.split} split", log.top1_accuracy, base.top1_accuracy, "",
+            ">= 0.9, +25 points (higher is better)", baseline_name="keyword grep")
     rows = cost_ratios(args.root, 1 if args.quick else 5)
     if rows:
         ratios = [full / max(parse, 1e-9) for _, full, parse in rows]
