@@ -72,6 +72,13 @@ GOLDEN = [
         "lr": [(400, 0.35846155881881714)] * 4 + [(500, 0.4610256254673004)],
         "accuracy": [(400, 0.3724340796470642)] * 4 + [(500, 0.8223657011985779)],
     }),
+    ("baselines.log", "baselines", {  # Stable-Baselines3 PPO: one record per box, at its total timesteps
+        "throughput": [(2048, 180), (4096, 74), (6144, 62), (8192, 58)],
+        "reward": [(2048, 1.8), (4096, 1.48), (6144, 1.67), (8192, 1.87)],
+        "loss": [(4096, -0.0199), (6144, -0.0789), (8192, -0.102)],
+        "kl": [(4096, 0.0142255565), (6144, 0.039744124), (8192, 0.050227404)],
+        "train_value_loss": [(4096, 0.049), (6144, 0.0114), (8192, 0.0149)],
+    }),
     ("yolo.log", "yolo", {  # the printed total is the loss; the step is the epoch
         "loss": [(0, 0.3099)], "box": [(0, 0.11)], "obj": [(0, 0.1612)], "cls": [(0, 0.03867)],
         "memory": [(0, 5.2)],
@@ -200,7 +207,7 @@ def test_text_that_only_looks_like_a_table_is_not_one():
 
 def test_each_sniff_claims_its_own_lines_only():
     own = {fmt: (FIXTURES / f"{fmt}.log").read_text(encoding="utf-8").splitlines() for fmt in
-           ("caffe", "detectron2", "mmcv", "mxnet", "paddle", "mindspore", "jax")}
+           ("caffe", "detectron2", "mmcv", "mxnet", "paddle", "mindspore", "jax", "baselines")}
     from ml_debug_mcp.core.logs.normalize import clean_line
 
     for fmt, lines in own.items():
@@ -208,3 +215,12 @@ def test_each_sniff_claims_its_own_lines_only():
         assert votes.count(fmt) >= len(votes) // 2, (fmt, votes)
     assert [f.id for f in TEXT_FORMATS].count("keyvalue") == 1
     assert classify_line("step 100 | loss 2.31 | lr 1e-4") == "keyvalue"
+
+
+def test_a_markdown_two_column_table_is_not_a_baselines_box():
+    markdown = "| Setting | FSDP |\n|---|---|\n| Speed | 2.93 |\n| Memory | 23.8 |\n"
+    assert parse_metrics_text(markdown).format != "baselines"
+    sb2 = ("--------------------------------------\n| fps                | 0             |\n"
+           "| total_timesteps    | 4635          |\n--------------------------------------\n")
+    parsed = parse_metrics_text(sb2)
+    assert parsed.format == "baselines" and points(parsed, "throughput") == [(4635.0, 0.0)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from ml_debug_mcp.core.logs.formats.common import NUMBER_PATTERN, to_float
+from ml_debug_mcp.core.logs.series import CANONICAL_METRICS, canonical_metric_name
 from ml_debug_mcp.core.logs.formats.text import KeyValueParser, LineParser, extract_pairs, split_pairs
 
 _NUM = rf"({NUMBER_PATTERN})"
@@ -176,3 +177,58 @@ class CaffeParser(LineParser):
                 self.loss_at = self.iteration
             return self.out.add({m.group(2): value}, self.iteration, rank)
         return False
+
+
+class BaselinesParser(LineParser):
+    """OpenAI baselines and Stable-Baselines (2 and 3) `logger.dumpkvs` boxes: one record per box of
+    `| key | value |` rows between dashed rules. SB3 groups keys under section rows (`| time/ |  |`),
+    so `fps` below `time/` is `time/fps`. The step is the box's total timesteps, else its update count.
+    """
+
+    fmt = "baselines"
+    prefilter = re.compile(rb"\|")
+    _ROW_RE = re.compile(r"^\s*\|\s*(?P<key>[^|]*?)\s*\|\s*(?P<val>[^|]*?)\s*\|\s*$")
+    _RULE_RE = re.compile(r"^\s*-{5,}\s*$")
+    _STEP_KEYS = ("total_timesteps", "timesteps_total", "total timesteps", "serial_timesteps", "n_updates",
+                  "nupdates", "iterations")
+
+    def __init__(self, collector) -> None:
+        super().__init__(collector)
+        self.box: dict[str, float] = {}
+        self.section = ""
+        self.opened = False  # rows count only inside a box: a markdown table has no dashed rule around it
+
+    def feed(self, line: str, rank: int | None) -> bool:
+        if self._RULE_RE.match(line):
+            self.opened = True
+            return self._flush(rank)
+        m = self._ROW_RE.match(line) if self.opened else None
+        if not m:
+            return False
+        key, raw = m.group("key"), m.group("val")
+        if key.endswith("/") and not raw:
+            self.section = key
+            return True
+        value = to_float(raw)
+        if value is None:
+            return False
+        nested = self.section and line[line.index("|") + 1:].startswith("  ")
+        # A name the detectors know (fps, loss, learning_rate...) keeps it; others keep their section.
+        known = canonical_metric_name(key) in CANONICAL_METRICS
+        self.box[self.section + key if nested and not known else key] = value
+        return True
+
+    def _flush(self, rank: int | None) -> bool:
+        box, self.box, self.section = self.box, {}, ""
+        if not box:
+            return False
+        step = None
+        for wanted in self._STEP_KEYS:
+            found = next((k for k in box if k.rsplit("/", 1)[-1] == wanted), None)
+            if found is not None:
+                step = box.pop(found) if wanted != "iterations" else box[found]
+                break
+        return self.out.add(box, step, rank)
+
+    def finish(self) -> None:
+        self._flush(None)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ml_debug_mcp.core.logs.formats.common import ANSI_RE, Collector
-from ml_debug_mcp.core.logs.formats.frameworks import (CaffeParser, Detectron2Parser, JaxParser, MindSporeParser,
+from ml_debug_mcp.core.logs.formats.frameworks import (BaselinesParser, CaffeParser, Detectron2Parser, JaxParser, MindSporeParser,
                                                        MMCVParser, MXNetParser, PaddleParser)
 from ml_debug_mcp.core.logs.formats.tables import TableParser, YoloParser
 from ml_debug_mcp.core.logs.formats.text import (FairseqParser, HFTrainerParser, JsonLinesParser, KerasParser,
@@ -64,6 +64,8 @@ TEXT_FORMATS: tuple[TextFormat, ...] = (
                re.compile(r"^\s*Epoch \d+/\d+\s*$|^\s*\d+/\d+ (?:\[[=>.]*\]|━+|-) .*- \w+: ")),
     TextFormat("nanogpt", "nanoGPT 'iter 100: loss 2.31, time 45.2ms, mfu 12.3%'", NanoGPTParser,
                re.compile(r"^iter \d+: loss |^step \d+: train loss ")),
+    TextFormat("baselines", "OpenAI baselines / Stable-Baselines boxes '| fps | 637 |' between dashed rules",
+               BaselinesParser, re.compile(r"^\s*\|\s{1,8}\w[\w/ .]*?\s{2,}\|\s[-+]?\d[\d.e+-]*\s+\|\s*$")),
     TextFormat("keyvalue", "key/value text lines: 'step 100 | loss 2.31 | lr 1e-4'", KeyValueParser),
     TextFormat("table", "a console table: a header row of names, then rows of numbers (markdown, tabs or spaces)",
                TableParser),
