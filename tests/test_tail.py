@@ -413,3 +413,19 @@ def test_unknown_format_is_said_and_still_tailed(tmp_path):
     result = tail_file(path, lines=2)
     assert result.format == "unknown" and result.metrics == []
     assert [ln.text for ln in result.lines] == ["nothing numeric here", "the end"]
+
+
+def test_the_analysis_is_reused_only_while_the_file_is_unchanged(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"step {i} | loss {3.0 - i / 100:.3f}\n" for i in range(50)))
+    first = tail_file(log, lines=20)
+    again = tail_file(log, lines=20)
+    assert [m.model_dump() for m in again.metrics] == [m.model_dump() for m in first.metrics]
+    again.metrics[0].value = -1.0  # a caller editing its answer does not edit the remembered one
+    assert tail_file(log, lines=20).metrics[0].value != -1.0
+    with log.open("a") as fh:
+        fh.write("step 50 | loss nan\nTraceback (most recent call last):\nRuntimeError: CUDA error: device-side assert triggered\n")
+    changed = tail_file(log, lines=20)
+    loss = next(m for m in changed.metrics if m.name == "loss")
+    assert loss.nonfinite == "nan" and loss.step == 50
+    assert changed.errors and not first.errors

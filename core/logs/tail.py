@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
+from collections import OrderedDict
 import re
 import time
 import zlib
@@ -336,7 +338,7 @@ def tail_file(path: Path, lines: int = DEFAULT_LINES, since: str | None = None, 
             else:
                 region_start = st.st_size - SCAN_MIN_BYTES
             region_start = max(0, region_start, st.st_size - SCAN_MAX_BYTES)
-            _scan_tail_region(fh, st.st_size, region_start, fmt, path, result)
+            _scan_cached(fh, st, region_start, fmt, path, result)
     if st.st_size == 0:
         result.status = "empty"
         result.warnings.append("empty file (0 bytes): nothing written yet")
@@ -555,6 +557,35 @@ def _tail_forward(fh, st: os.stat_result, cursor: _Cursor, n: int, pattern: re.P
                                                 crc=_fingerprint(fh, end), midline=new_midline))
     if result.partial_line is not None and result.has_more:
         result.partial_line = None
+
+
+_SCAN_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
+_SCAN_CACHE_SIZE = 64
+_SCAN_CACHE_LOCK = threading.Lock()
+
+
+def _scan_cached(fh, st: os.stat_result, region_start: int, fmt: str | None, path: Path, result: TailResult) -> None:
+    """`_scan_tail_region`, remembered per (device, inode, size, mtime, region): an agent polling a log that
+    has not changed, or several agents watching one run, pay for the analysis once."""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, region_start, fmt, str(path))
+    with _SCAN_CACHE_LOCK:
+        hit = _SCAN_CACHE.get(key)
+        if hit is not None:
+            _SCAN_CACHE.move_to_end(key)
+    if hit is None:
+        before = len(result.warnings)
+        _scan_tail_region(fh, st.st_size, region_start, fmt, path, result)
+        hit = (result.format, [m.model_copy(deep=True) for m in result.metrics], [e.model_copy(deep=True) for e in result.errors],
+               result.warnings[before:])
+        with _SCAN_CACHE_LOCK:
+            _SCAN_CACHE[key] = hit
+            while len(_SCAN_CACHE) > _SCAN_CACHE_SIZE:
+                _SCAN_CACHE.popitem(last=False)
+        return
+    result.format = hit[0]
+    result.metrics = [m.model_copy(deep=True) for m in hit[1]]
+    result.errors = [e.model_copy(deep=True) for e in hit[2]]
+    result.warnings += hit[3]
 
 
 def _scan_tail_region(fh, size: int, region_start: int, fmt: str | None, path: Path, result: TailResult) -> None:
