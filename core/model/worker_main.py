@@ -865,6 +865,7 @@ def run(task: dict, channel: Channel) -> dict:
 def main() -> int:
     if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(THIS_FILE):
         sys.path.pop(0)  # this folder holds core modules whose names (errors, plot...) could shadow user imports
+    _sibling("confine").confine_from_environment()  # first: before any user code, while single-threaded
     stream = private_stdout()
     faulthandler.enable(sys.stderr)
     task = json.loads(sys.stdin.read())
