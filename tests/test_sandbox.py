@@ -125,19 +125,49 @@ async def test_no_secret_reaches_the_factory_and_allowlisted_settings_do(tmp_pat
     args = ["--root", str(project), "--python", sys.executable, "--worker-env", "MY_PROJECT_SETTING"]
     async with stdio_client(*args, env=env) as client:
         result = await client.call_tool("check_shapes", {"entrypoint": "hostile.py:env_spy"})
-    assert not result.is_error, result.content[0].text
-    seen = _report(project)
+        assert not result.is_error, result.content[0].text
+        _assert_no_secret_seen(_report(project))
+        smoke = await client.call_tool("create_smoke_test", {"path": "tests/test_env_spy.py", "failure": "nan_loss",
+                                                             "entrypoint": "hostile.py:env_spy", "run": True})
+        assert not smoke.is_error and smoke.structured_content["ran"], smoke.content[0].text
+        _assert_no_secret_seen(_report(project))  # the test run gets the same sandbox
+    sandbox = result.structured_content["sandbox"]
+    assert sandbox["env_allowlist"]["active"] and sandbox["non_dumpable"]["active"] and sandbox["subreaper"]["active"]
+    assert "sandbox: env allowlist, non-dumpable server" in result.content[0].text
+    assert smoke.structured_content["sandbox"]["env_allowlist"]["active"]
+    if os.geteuid() == 0:  # as root: nobody, or said why not
+        privileges = sandbox["dropped_privileges"]
+        assert privileges["active"] or "nobody (65534) cannot read" in privileges["detail"], privileges
+
+
+def _assert_no_secret_seen(seen: dict) -> None:
     assert seen["found"] == [], seen["found"]
     assert not any(value in json.dumps(seen) for value in SECRETS.values())
     assert f"/proc/{seen['ppid']}/environ" not in seen["readable"], "the server's initial environment was readable"
     assert {k: seen["env"].get(k) for k in BENIGN} == BENIGN  # the allowlist and --worker-env let these through
     assert "UNLISTED_SETTING" not in seen["env"] and seen["env"]["PATH"]
-    sandbox = result.structured_content["sandbox"]
-    assert sandbox["env_allowlist"]["active"] and sandbox["non_dumpable"]["active"] and sandbox["subreaper"]["active"]
-    assert "sandbox: env allowlist, non-dumpable server" in result.content[0].text
-    if os.geteuid() == 0:  # as root: nobody, or said why not
-        privileges = sandbox["dropped_privileges"]
-        assert privileges["active"] or "nobody (65534) cannot read" in privileges["detail"], privileges
+
+
+def test_worker_env_names_and_a_token_file_are_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml_debug_mcp.server.config import ConfigError, build_parser, config_from_args
+
+    for name in ("TOKEN", "TOKEN_FILE", "WORKER_ENV"):
+        monkeypatch.delenv(f"ML_DEBUG_MCP_{name}", raising=False)
+    token = tmp_path / "token"
+    token.write_text("file-token-0123456789abcdef\n")
+
+    def config(*args: str):
+        return config_from_args(build_parser().parse_args(["--root", str(tmp_path), *args]))
+
+    settings = config("--token-file", str(token), "--worker-env", "WANDB_MODE", "--worker-env", "HF_HOME")
+    assert settings.token == "file-token-0123456789abcdef" and settings.worker_env == ("WANDB_MODE", "HF_HOME")
+    monkeypatch.setenv("ML_DEBUG_MCP_TOKEN", "from-the-environment-0123456789")
+    assert config("--token-file", str(token)).token == "from-the-environment-0123456789"
+    with pytest.raises(ConfigError, match="never passed to user code"):
+        config("--worker-env", "ML_DEBUG_MCP_TOKEN")
+    monkeypatch.delenv("ML_DEBUG_MCP_TOKEN")
+    with pytest.raises(ConfigError, match="Cannot read the token file"):
+        config("--token-file", str(tmp_path / "missing"))
 
 
 async def test_every_descendant_dies_with_the_call_setsid_and_daemons_too(tmp_path: Path) -> None:

@@ -64,17 +64,14 @@ def _failed(what: str) -> str:
 
 def confine(spec: dict) -> dict:
     """Apply every protection the kernel allows; report each as {active, detail} on spec['status_fd']."""
-    status: dict = {}
-    try:
-        status["kill_tree"] = _join_cgroup(spec.get("cgroup"))
-        if _libc is None:
-            status["no_network"] = status["dropped_privileges"] = status["landlock"] = _done(False, "not Linux")
-        else:
-            _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans stay below the worker, where the server looks
-            status["dropped_privileges"], status["no_network"] = _drop_and_isolate(spec)
-            status["landlock"] = _landlock(spec)
-    except Exception as exc:  # noqa: BLE001 - a bug here must not stop the run, and is reported
-        status.setdefault("landlock", _done(False, f"confinement failed: {exc!r}"))
+    status: dict = {"kill_tree": _attempt(_join_cgroup, spec.get("cgroup"))}
+    if _libc is None:
+        status["no_network"] = status["dropped_privileges"] = status["landlock"] = _done(False, "not Linux")
+    else:
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans stay below the worker, where the server looks
+        both = _attempt(_drop_and_isolate, spec)
+        status["dropped_privileges"], status["no_network"] = both if isinstance(both, tuple) else (both, both)
+        status["landlock"] = _attempt(_landlock, spec)
     fd = spec.get("status_fd")
     if fd is not None:
         try:
@@ -82,6 +79,14 @@ def confine(spec: dict) -> dict:
         finally:
             os.close(fd)
     return status
+
+
+def _attempt(step, *args):
+    """One step; an unexpected failure (an odd container, a bug) is reported, and the next step still runs."""
+    try:
+        return step(*args)
+    except Exception as exc:  # noqa: BLE001
+        return _done(False, f"{step.__name__.strip('_')} failed: {exc!r}")
 
 
 def confine_from_environment() -> dict:
