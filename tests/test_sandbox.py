@@ -22,7 +22,7 @@ import pytest
 from mcp import Client
 
 from mcp_harness import stdio_client
-from ml_debug_mcp.core.model import confine
+from ml_debug_mcp.core.model import confine, sandbox
 from ml_debug_mcp.core.paths import Roots
 from ml_debug_mcp.server.app import create_server
 from ml_debug_mcp.server.config import Config
@@ -170,29 +170,35 @@ def test_worker_env_names_and_a_token_file_are_settings(tmp_path: Path, monkeypa
         config("--token-file", str(tmp_path / "missing"))
 
 
-async def test_every_descendant_dies_with_the_call_setsid_and_daemons_too(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup", "without a cgroup"])
+async def test_every_descendant_dies_with_the_call_setsid_and_daemons_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cgroup: bool) -> None:
+    if not cgroup:  # the fallback: the worker is its descendants' subreaper and kills them before it exits
+        monkeypatch.setattr(sandbox, "_make_cgroup", lambda: (None, "turned off by the test"))
     sleep = f"300.{random.randrange(10**6):06d}"
     project = _project(tmp_path / "project", SLEEP=sleep)
     server = create_server(Config(roots=Roots.from_strings([str(project)]), python=sys.executable, worker_timeout=120))
-    async with Client(server) as client:
-        result = await client.call_tool("analyze_gradients", {"entrypoint": "hostile.py:spawner", "steps": 1})
-        assert not result.is_error, result.content[0].text
-        assert len(_report(project)["pids"]) == 3
-        kill_tree = result.structured_content["sandbox"]["kill_tree"]
-        if not kill_tree["active"]:
-            for p in _sleepers(sleep):
-                p.kill()
-            pytest.skip("no cgroup for the worker here, so daemons can outlive it: " + kill_tree["detail"])
-        assert _sleepers(sleep) == [], "a child of the factory survived the call"
+    try:
+        async with Client(server) as client:
+            result = await client.call_tool("analyze_gradients", {"entrypoint": "hostile.py:spawner", "steps": 1})
+            assert not result.is_error, result.content[0].text
+            kill_tree = result.structured_content["sandbox"]["kill_tree"]
+            if cgroup and not kill_tree["active"]:
+                pytest.skip("no cgroup v2 for the worker on this host: " + kill_tree["detail"])
+            assert len(_report(project)["pids"]) == 3
+            assert _sleepers(sleep) == [], "a child of the factory survived the call"
 
-        (project / "report.json").unlink()
-        smoke = await client.call_tool("create_smoke_test", {"path": "tests/test_spawner.py", "failure": "nan_loss",
-                                                             "entrypoint": "hostile.py:spawner", "run": True})
-    assert not smoke.is_error, smoke.content[0].text
-    assert smoke.structured_content["ran"] and (project / "report.json").exists(), smoke.structured_content
-    assert _sleepers(sleep) == [], "a child of the smoke test survived the run"
-    assert smoke.structured_content["sandbox"]["kill_tree"]["active"]
-    assert "sandbox:" in smoke.content[0].text
+            (project / "report.json").unlink()
+            smoke = await client.call_tool("create_smoke_test", {"path": "tests/test_spawner.py", "failure": "nan_loss",
+                                                                 "entrypoint": "hostile.py:spawner", "run": True})
+        assert not smoke.is_error, smoke.content[0].text
+        assert smoke.structured_content["ran"] and (project / "report.json").exists(), smoke.structured_content
+        assert _sleepers(sleep) == [], "a child of the smoke test survived the run"
+        assert smoke.structured_content["sandbox"]["kill_tree"]["active"] is cgroup
+        assert "sandbox:" in smoke.content[0].text
+    finally:
+        for p in _sleepers(sleep):
+            p.kill()
 
 
 class _Listener:

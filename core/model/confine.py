@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import platform
+import signal
 import socket
 import struct
 import sys
@@ -81,6 +82,27 @@ def confine(spec: dict) -> dict:
     return status
 
 
+def kill_descendants() -> None:
+    """SIGKILL everything below this process before it exits. It is a subreaper, so orphans (daemons) were
+    re-parented to it; with a cgroup the server kills them anyway, without one this is what reaches them."""
+    parents = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    below, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - below
+        below |= frontier
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def _attempt(step, *args):
     """One step; an unexpected failure (an odd container, a bug) is reported, and the next step still runs."""
     try:
@@ -100,14 +122,13 @@ def confine_from_environment() -> dict:
 
 def _join_cgroup(path: str | None) -> dict:
     if not path:
-        return _done(False, "no cgroup for this call: the process group and the descendants still below the "
-                            "worker are killed")
+        return _done(False, "no cgroup for this call")  # the server says why
     try:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
     except OSError as exc:
-        return _done(False, f"joining the call's cgroup failed ({exc.strerror}): the process group and the "
-                            "descendants still below the worker are killed")
+        return _done(False, f"joining the call's cgroup failed ({exc.strerror}): the process group and what is "
+                            "still below the worker (their subreaper) are killed")
     return _done(True, "own cgroup: every descendant is killed after the call, setsid'd or daemonised")
 
 

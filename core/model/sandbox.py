@@ -182,9 +182,10 @@ def _cgroup2_mount() -> str | None:
 
 def _make_cgroup() -> tuple[str | None, str]:
     """A fresh cgroup v2 below ours, or (None, why not): one kill then reaches every descendant."""
+    fallback = "the process group and what is still below the worker (their subreaper) are killed"
     mount = _cgroup2_mount()
     if mount is None:
-        return None, "no cgroup v2 on this host: only the process group and the worker's descendants are killed"
+        return None, f"no cgroup v2 on this host: {fallback}"
     try:
         with open("/proc/self/cgroup") as f:
             own = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
@@ -192,8 +193,7 @@ def _make_cgroup() -> tuple[str | None, str]:
         os.makedirs(parent, exist_ok=True)
         return tempfile.mkdtemp(prefix="call-", dir=parent), ""
     except (OSError, StopIteration) as exc:
-        return None, (f"cannot create a cgroup ({getattr(exc, 'strerror', None) or exc}): only the process group "
-                      "and the worker's descendants are killed")
+        return None, f"cannot create a cgroup ({getattr(exc, 'strerror', None) or exc}): {fallback}"
 
 
 def _kill_tree(proc: subprocess.Popen, cgroup: str | None) -> None:

@@ -367,7 +367,9 @@ if limit > 0:
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 import pytest
-sys.exit(pytest.main(sys.argv[3:]))
+code = pytest.main(sys.argv[3:])
+confine.kill_descendants()
+sys.exit(code)
 """
 
 
