@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml_debug_mcp.core.model.sandbox import Confinement, Policy
+from ml_debug_mcp.core.model.sandbox import Confinement, Policy, environment
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
@@ -149,8 +149,6 @@ def resolve_entrypoint(roots: Roots, raw: str) -> ResolvedEntry:
 
 def worker_environment(gpu: int | None = None) -> dict[str, str]:
     """The environment user code sees (sandbox.environment: an allowlist, GPUs hidden, threads bounded)."""
-    from ml_debug_mcp.core.model.sandbox import environment
-
     return environment(gpu=gpu)
 
 

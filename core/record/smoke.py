@@ -3,9 +3,9 @@
 The server never imports the user's code. An entrypoint is resolved inside the roots by the same
 rules as the inspection tools (`core.worker.resolve_entrypoint`), and the factory's name is looked
 up in the file's syntax tree; the generated test loads the factory with importlib only when pytest
-runs it, in a subprocess in the worker's sandbox (core/model/sandbox.py), with its memory cap and timeout. The generated
-source is parsed and compiled before it is written, and imports only torch, pytest, the standard
-library and the user's module.
+runs it, in a subprocess in the worker's sandbox (core/model/sandbox.py), memory cap and timeout.
+The generated source is parsed and compiled before it is written, and imports only torch, pytest,
+the standard library and the user's module.
 """
 
 from __future__ import annotations
