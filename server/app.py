@@ -79,6 +79,7 @@ def create_server(config: Config | None = None) -> MCPServer:
         mlflow_uri=config.mlflow_uri,
         trackio_dir=config.trackio_dir,
         open_trackers=config.transport == "stdio",
+        worker_env=config.worker_env,
     )
     register_all(mcp, env)
     register_knowledge(mcp, env)

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from ml_debug_mcp.server.config import ConfigError, build_parser, config_from_args
+from ml_debug_mcp.server.config import ENV_PREFIX, ConfigError, build_parser, config_from_args
 
 HUMAN_COMMANDS = ("tail", "metrics", "classify", "gpu", "eval")
 
@@ -36,7 +36,12 @@ def main(argv: list[str]) -> int:
         print(f"ml-debug-mcp: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level)
+    from ml_debug_mcp.core.model.sandbox import harden_server
     from ml_debug_mcp.server.app import create_server
+
+    # The token is in config now; user code must not find it in our environment or our /proc/<pid>/environ.
+    os.environ.pop(ENV_PREFIX + "TOKEN", None)
+    harden_server()
 
     mcp = create_server(config)
     try:

@@ -41,6 +41,7 @@ class Config:
     client_roots: bool = True
     mlflow_uri: str | None = None
     trackio_dir: Path | None = None
+    worker_env: tuple[str, ...] = ()  # variables passed to user code beyond the sandbox's allowlist
 
     @property
     def is_loopback(self) -> bool:
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Every flag can also be set by an environment variable: ML_DEBUG_MCP_TRANSPORT, _HOST, _PORT, "
             "_ROOTS (os.pathsep-separated), _TOKEN, _ALLOWED_HOSTS, _ALLOWED_ORIGINS (comma-separated), "
-            "_PYTHON, _WORKER_TIMEOUT, _WORKER_MEMORY_MB, _LOG_LEVEL, _CLIENT_ROOTS (0/1), _MLFLOW_URI, _TRACKIO_DIR. "
+            "_TOKEN_FILE, _PYTHON, _WORKER_TIMEOUT, _WORKER_MEMORY_MB, _WORKER_ENV (comma-separated), _LOG_LEVEL, "
+            "_CLIENT_ROOTS (0/1), _MLFLOW_URI, _TRACKIO_DIR. "
             "Flags win."
         ),
     )
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder tools may read and write (repeatable; default: the working directory)")
     p.add_argument("--token", help="bearer token every HTTP request must carry (prefer ML_DEBUG_MCP_TOKEN: "
                                    "flags are visible in `ps`)")
+    p.add_argument("--token-file", metavar="FILE", help="read the bearer token from this file (used when "
+                                                        "ML_DEBUG_MCP_TOKEN and --token are not set)")
     p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="HOST[:PORT]",
                    help="extra Host header value to accept over HTTP, e.g. the name a proxy or Docker uses")
     p.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
@@ -95,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", help="interpreter that runs user model code in a worker (default: a venv/conda env inside a root, a running training process, then this one: the first with torch)")
     p.add_argument("--worker-timeout", type=float, help="seconds a user-code worker may run (default 120)")
     p.add_argument("--worker-memory-mb", type=int, help="address-space limit of a worker in MiB (default 4096)")
+    p.add_argument("--worker-env", action="append", dest="worker_env", metavar="NAME",
+                   help="an environment variable user model code may see (repeatable); beyond these it gets only "
+                        "PATH, HOME, locale, PYTHONPATH and CUDA_/TORCH_/OMP_/MKL_/NVIDIA_ settings")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
     p.add_argument("--no-client-roots", action="store_true",
                    help="ignore the roots an MCP client offers (they are only ever taken over stdio, and "
@@ -126,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ConfigError(f"ML_DEBUG_MCP_TRANSPORT must be 'stdio' or 'http', not {transport!r}.")
     host = args.host or _env("HOST") or "127.0.0.1"
     port = _int_setting(args.port, "PORT", 8765, low=1, high=65535)
-    token = args.token or _env("TOKEN")
+    token = args.token or _env("TOKEN") or _token_file(getattr(args, "token_file", None) or _env("TOKEN_FILE"))
     if token is not None and len(token) < 16:
         raise ConfigError("The token is shorter than 16 characters; use a long random one, "
                           "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.")
@@ -154,6 +161,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if not 1 <= timeout <= 3600:
         raise ConfigError("--worker-timeout must be between 1 and 3600 seconds.")
     memory = _int_setting(args.worker_memory_mb, "WORKER_MEMORY_MB", 4096, low=256, high=1 << 22)
+    worker_env = tuple(dict.fromkeys((getattr(args, "worker_env", None) or []) + _split(_env("WORKER_ENV"))))
+    bad = [name for name in worker_env if not name.isidentifier() or name.startswith(ENV_PREFIX)]
+    if bad:
+        raise ConfigError(f"--worker-env {bad[0]!r}: name one environment variable (letters, digits, _); the "
+                          f"server's own {ENV_PREFIX}* settings are never passed to user code.")
     log_level = (args.log_level or _env("LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"Log level {log_level!r} is not one of DEBUG, INFO, WARNING, ERROR.")
@@ -177,7 +189,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         client_roots=client_roots,
         mlflow_uri=_mlflow_uri(getattr(args, "mlflow_uri", None) or _env("MLFLOW_URI")),
         trackio_dir=_trackio_dir(getattr(args, "trackio_dir", None) or _env("TRACKIO_DIR")),
+        worker_env=worker_env,
     )
+
+
+def _token_file(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        token = Path(os.path.expanduser(raw)).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read the token file {raw!r} ({getattr(exc, 'strerror', None) or exc}).") from None
+    return token or None
 
 
 def _trackio_dir(raw: str | None) -> Path | None:

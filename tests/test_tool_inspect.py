@@ -64,7 +64,8 @@ async def test_each_user_code_failure_is_a_clear_error_and_the_server_keeps_serv
         "nope": ["has no attribute 'nope'", "segfault", "spins_with_child"],
         "spins_with_child": ["did not finish within 20 s", "killed with everything it started", "--worker-timeout"],
     }
-    async with Client(_server(MODELS, tmp_path, worker_timeout=20, worker_memory_mb=1536)) as client:
+    async with Client(_server(MODELS, tmp_path, worker_timeout=20, worker_memory_mb=1536,
+                              worker_env=("PIDFILE_DIR",))) as client:  # PIDFILE_DIR passes the allowlist
         for attr, words in failures.items():
             result = await client.call_tool("analyze_gradients", {"entrypoint": f"misbehaving.py:{attr}"})
             text = _text(result)

@@ -13,6 +13,7 @@ import pytest
 
 from ml_debug_mcp.core.model import worker_main
 from ml_debug_mcp.core.paths import Roots
+from ml_debug_mcp.core.model.sandbox import Policy
 from ml_debug_mcp.core.model.worker import WorkerError, parse_entrypoint, resolve_entrypoint, run_worker
 
 MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
@@ -93,7 +94,8 @@ def test_worker_environment_has_no_secrets_and_no_gpu(tmp_path: Path, monkeypatc
     monkeypatch.setenv("ML_DEBUG_MCP_TOKEN", "server-token-0123456789")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setenv("PIDFILE_DIR", str(tmp_path))
-    _run(_task("reports_environment", steps=0))
+    _run(_task("reports_environment", steps=0),  # PIDFILE_DIR passes the allowlist as a --worker-env name
+         policy=Policy(roots=(str(MODELS), str(tmp_path)), env_names=("PIDFILE_DIR",)))
     seen = ast.literal_eval((tmp_path / "env.txt").read_text())
     assert seen["ML_DEBUG_MCP_TOKEN"] is None and seen["HF_TOKEN"] is None
     assert seen["CUDA_VISIBLE_DEVICES"] == ""

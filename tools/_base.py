@@ -26,6 +26,7 @@ from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from ml_debug_mcp.core.model.interpreter import InterpreterChoice
+from ml_debug_mcp.core.model.sandbox import Policy, SandboxStatus
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 
 log = logging.getLogger("ml_debug_mcp.tools")
@@ -50,6 +51,11 @@ class ToolEnv:
     mlflow_uri: str | None = None  # the operator's MLflow server: bare run ids go there
     trackio_dir: Path | None = None  # where trackio:// projects live (None: trackio's own default)
     open_trackers: bool = True  # any mlflow:// host (stdio, the user's own client); over HTTP only mlflow_uri
+    worker_env: tuple[str, ...] = ()  # --worker-env: variables user code may see beyond the sandbox's allowlist
+
+    def policy(self, roots: Roots) -> Policy:
+        """The sandbox for one call's user code: it may write below these roots and see these variables."""
+        return Policy(roots=tuple(str(p) for p in roots.paths), env_names=self.worker_env)
 
 
 async def effective_roots(env: ToolEnv, ctx: Context | None) -> Roots:
@@ -161,6 +167,10 @@ async def worker_interpreter(env: ToolEnv, roots: Roots) -> InterpreterChoice:
         return choose_interpreter(roots, env.python, sys.executable, processes)
 
     return await run_blocking(None, find)
+
+
+def sandbox_line(status: SandboxStatus | None) -> str | None:
+    return status.line() if status is not None else None
 
 
 def interpreter_line(choice: InterpreterChoice | None) -> str | None:

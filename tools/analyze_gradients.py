@@ -12,7 +12,7 @@ from pydantic import Field
 from ml_debug_mcp.core.diagnosis.hypotheses import confidence_text
 from ml_debug_mcp.core.model.gradients import DEFAULT_TOP, MAX_TOP, GradientAnalysis, GradientReport, LayerGradient, fmt
 from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, interpreter_line, resolve_path, \
-    run_blocking, tool_result, translate_errors, worker_interpreter
+    run_blocking, sandbox_line, tool_result, translate_errors, worker_interpreter
 
 MAX_STEPS = 50
 _SOURCE_TITLES = {"model": "model run", "checkpoints": "checkpoint pair", "probe_stats": "probe statistics"}
@@ -22,7 +22,7 @@ def summarize(analysis: GradientAnalysis) -> str:
     out = [f"Verdict: {analysis.verdict}"]
     for report in analysis.reports:
         out += _report_lines(report)
-    out += [line for line in [interpreter_line(analysis.interpreter)] if line]
+    out += [line for line in [interpreter_line(analysis.interpreter), sandbox_line(analysis.sandbox)] if line]
     return "\n".join(out)
 
 
@@ -118,7 +118,7 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         roots = await effective_roots(env, ctx)
         interpreter = await worker_interpreter(env, roots) if entrypoint or checkpoint else None
         limits = dict(python=interpreter.python if interpreter else "", timeout=env.worker_timeout,
-                      memory_mb=env.worker_memory_mb)
+                      memory_mb=env.worker_memory_mb, policy=env.policy(roots))
         reports: list[GradientReport] = []
         if entrypoint:
             entry = await run_blocking(None, resolve_entrypoint, roots, entrypoint)
@@ -135,5 +135,6 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         if stats_path:
             stats = await resolve_path(roots, stats_path, what="stats_path", expect="file")
             reports.append(await run_blocking(ctx, summarize_probe_stats, stats, top=top))
-        analysis = GradientAnalysis(verdict=overall_verdict(reports), reports=reports, interpreter=interpreter)
+        analysis = GradientAnalysis(verdict=overall_verdict(reports), reports=reports, interpreter=interpreter,
+                                    sandbox=next((r.sandbox for r in reports if r.sandbox), None))
         return tool_result(analysis, summarize(analysis))

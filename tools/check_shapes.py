@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ml_debug_mcp.core.model.shapes import ShapeReport, render_table
 from ml_debug_mcp.tools._base import RUNS_USER_CODE, ToolEnv, effective_roots, interpreter_line, resolve_path, \
-    run_blocking, tool_result, translate_errors, worker_interpreter
+    run_blocking, sandbox_line, tool_result, translate_errors, worker_interpreter
 
 
 def summarize(report: ShapeReport) -> str:
@@ -36,7 +36,7 @@ def summarize(report: ShapeReport) -> str:
     if report.calls_omitted:
         lines.append(f"({report.calls_omitted} of {report.calls_total} module calls omitted from the middle)")
     lines += [f"NOTE: {note}" for note in report.notes]
-    lines += [line for line in [interpreter_line(report.interpreter)] if line]
+    lines += [line for line in [interpreter_line(report.interpreter), sandbox_line(report.sandbox)] if line]
     return "\n".join(lines)
 
 
@@ -96,6 +96,6 @@ def register(mcp: MCPServer, env: ToolEnv) -> None:
         interpreter = await worker_interpreter(env, roots)
         report = await run_blocking(ctx, check_model_shapes, task,
                                     python=interpreter.python, timeout=env.worker_timeout, memory_mb=env.worker_memory_mb,
-                                    cwd=entry.cwd, target=entry.label)
+                                    cwd=entry.cwd, target=entry.label, policy=env.policy(roots))
         report.interpreter = interpreter
         return tool_result(report, summarize(report))

@@ -15,7 +15,7 @@ from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 from ml_debug_mcp.core.record.smoke import MAX_INPUT_DIMS, SmokeTestResult
 from ml_debug_mcp.core.model.interpreter import InterpreterChoice
 from ml_debug_mcp.tools._base import WRITES_FILES, ToolEnv, effective_roots, interpreter_line, resolve_path_now, \
-    run_blocking, tool_result, translate_errors, worker_interpreter
+    run_blocking, sandbox_line, tool_result, translate_errors, worker_interpreter
 
 MAX_OUTPUT_LINES_IN_SUMMARY = 25
 
@@ -23,7 +23,7 @@ MAX_OUTPUT_LINES_IN_SUMMARY = 25
 def summarize(result: SmokeTestResult) -> str:
     lines = [result.summary]
     lines += [f"note: {w}" for w in result.warnings]
-    lines += [line for line in [interpreter_line(result.interpreter)] if line]
+    lines += [line for line in [interpreter_line(result.interpreter), sandbox_line(result.sandbox)] if line]
     if result.ran and result.output_tail:
         tail = result.output_tail.splitlines()[-MAX_OUTPUT_LINES_IN_SUMMARY:]
         lines += [f"--- pytest ({result.outcome}, exit code {result.returncode}), last lines:", *tail]
@@ -68,7 +68,7 @@ def _create(env: ToolEnv, roots: Roots, path: str, failure: str, entrypoint: str
     result = create_smoke_test(target, failure, root=_containing_root(roots, target), factory=factory,
                                input_shape=input_shape, overwrite=overwrite, run=run,
                                python=interpreter.python if interpreter else "",
-                               timeout=env.worker_timeout, memory_mb=env.worker_memory_mb)
+                               timeout=env.worker_timeout, memory_mb=env.worker_memory_mb, policy=env.policy(roots))
     result.interpreter = interpreter
     return result
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence
 from ml_debug_mcp.core.model.gradients import (CANCELLED_BIAS, DEFAULT_TOP, CheckpointMismatch, GradientReport, LayerGradient, ShapeChange,
                                          assemble, band_for, finite, fmt, judges_ratio)
+from ml_debug_mcp.core.model.sandbox import Policy, SandboxStatus
 from ml_debug_mcp.core.model.worker import run_worker
 
 RUNNING_STATISTICS = ("running_mean", "running_var")
@@ -24,10 +25,12 @@ UNCHANGED = ("bitwise identical in both checkpoints: it did not move at all. It 
 
 def compare_checkpoints(before: Path, after: Path, *, steps_between: int | None, python: str, timeout: float,
                         memory_mb: int, cwd: Path, top: int = DEFAULT_TOP,
-                        progress: Callable[..., None] | None = None) -> GradientReport:
+                        progress: Callable[..., None] | None = None, policy: Policy | None = None) -> GradientReport:
     task = {"op": "checkpoints", "before": str(before), "after": str(after)}
-    raw = run_worker(task, python, timeout, memory_mb, cwd, progress=progress)
-    return report_from_checkpoints(raw, before, after, steps_between=steps_between, top=top)
+    raw = run_worker(task, python, timeout, memory_mb, cwd, progress=progress, policy=policy)
+    report = report_from_checkpoints(raw, before, after, steps_between=steps_between, top=top)
+    report.sandbox = SandboxStatus(**raw["sandbox"])
+    return report
 
 
 def report_from_checkpoints(raw: dict, before: Path, after: Path, *, steps_between: int | None,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS, FailureId, failure_info
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis
 from ml_debug_mcp.core.model.interpreter import InterpreterChoice
+from ml_debug_mcp.core.model.sandbox import Policy, SandboxStatus
 
 Band = Literal["overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy"]
 BANDS: tuple[Band, ...] = ("overflow", "broken", "exploding", "large", "vanishing", "frozen", "healthy")
@@ -148,6 +149,7 @@ class GradientReport(BaseModel):
     mismatch: CheckpointMismatch | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+    sandbox: SandboxStatus | None = Field(None, exclude=True)  # carried to GradientAnalysis.sandbox
 
 
 class GradientAnalysis(BaseModel):
@@ -156,6 +158,7 @@ class GradientAnalysis(BaseModel):
     verdict: FailureId
     reports: list[GradientReport]
     interpreter: InterpreterChoice | None = Field(None, description="the Python the worker ran under, and why that one")
+    sandbox: SandboxStatus | None = Field(None, description="the protections around the user code (none ran: null)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,12 +413,15 @@ def gradient_task(entry: dict, *, input_shapes: list[list[int]] | None, dtypes: 
 
 
 def analyze_model(task: dict, *, python: str, timeout: float, memory_mb: int, cwd: Path, target: str,
-                  top: int = DEFAULT_TOP, progress: Callable[..., None] | None = None) -> GradientReport:
+                  top: int = DEFAULT_TOP, progress: Callable[..., None] | None = None,
+                  policy: Policy | None = None) -> GradientReport:
     """Build the model in the worker, train `steps` steps there, and judge every parameter."""
     from ml_debug_mcp.core.model.worker import run_worker
 
-    raw = run_worker(task, python, timeout, memory_mb, cwd, progress=progress)
-    return report_from_worker(raw, task, target=target, top=top)
+    raw = run_worker(task, python, timeout, memory_mb, cwd, progress=progress, policy=policy)
+    report = report_from_worker(raw, task, target=target, top=top)
+    report.sandbox = SandboxStatus(**raw["sandbox"])
+    return report
 
 
 def report_from_worker(raw: dict, task: dict, *, target: str, top: int = DEFAULT_TOP) -> GradientReport:

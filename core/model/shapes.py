@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.model.interpreter import InterpreterChoice
+from ml_debug_mcp.core.model.sandbox import Policy, SandboxStatus
 
 MAX_INPUTS = 16
 MAX_DIMS = 8
@@ -180,6 +181,7 @@ class ShapeReport(BaseModel):
     checkpoint: CheckpointCompatibility | None = None
     notes: list[str] = Field(default_factory=list, description="What this eval-mode pass cannot show about training")
     interpreter: InterpreterChoice | None = Field(None, description="the Python the worker ran under, and why that one")
+    sandbox: SandboxStatus | None = Field(None, description="the protections around the user code")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,11 +194,13 @@ def shape_task(entry: dict, input_shapes: list[list[int]] | None, dtypes: list[s
 
 
 def check_model_shapes(task: dict, *, python: str, timeout: float, memory_mb: int, cwd: Path, target: str,
-                       progress: Callable[..., None] | None = None) -> ShapeReport:
+                       progress: Callable[..., None] | None = None, policy: Policy | None = None) -> ShapeReport:
     from ml_debug_mcp.core.model.worker import run_worker
 
-    raw = run_worker(task, python, timeout, memory_mb, cwd, progress=progress)
-    return report_from_trace({**raw, "checkpoint_path": task.get("checkpoint") or ""}, target)
+    raw = run_worker(task, python, timeout, memory_mb, cwd, progress=progress, policy=policy)
+    report = report_from_trace({**raw, "checkpoint_path": task.get("checkpoint") or ""}, target)
+    report.sandbox = SandboxStatus(**raw["sandbox"])
+    return report
 
 
 def report_from_trace(raw: dict, target: str) -> ShapeReport:

@@ -5,9 +5,10 @@ take the server down, so it runs in `worker_main.py`, started by path under the 
 (`python -E -B path/worker_main.py`: works with any Python that has torch, ml_debug_mcp installed or
 not; -E rather than -I so torch installed with `pip --user` is still found; -B so no .pyc lands
 in user folders). The worker gets:
-its own session (the whole process group is killed on timeout), an address-space limit
-(RLIMIT_AS, no core dumps), an environment without secrets, no visible GPU (it must not take memory
-from the training run it is debugging), and the task as JSON on stdin. It answers on its stdout
+its own session, an address-space limit (RLIMIT_AS, no core dumps), the sandbox of `sandbox.py`
+(an allowlisted environment, its own cgroup so everything it starts is killed after the call, no
+network, no root, writes only below the roots), no visible GPU (it must not take memory from the
+training run it is debugging), and the task as JSON on stdin. It answers on its stdout
 with marker-prefixed lines; the marker is random per run, so nothing user code prints can pose as
 the result. Everything read back is bounded.
 
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml_debug_mcp.core.model.sandbox import Confinement, Policy, environment
 from ml_debug_mcp.core.paths import PathOutsideRoots, Roots
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
@@ -38,7 +40,6 @@ CONTRACT_FILE = Path(__file__).with_name("contract.py")
 MAX_RESULT_BYTES = 32 << 20
 STDERR_TAIL_BYTES = 32 << 10
 STRAY_STDOUT_LINES = 20
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH", re.I)
 _FAULT_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+) in (\S+)', re.M)
 
 Progress = Callable[[float, float | None, str | None], None]
@@ -147,16 +148,8 @@ def resolve_entrypoint(roots: Roots, raw: str) -> ResolvedEntry:
 
 
 def worker_environment(gpu: int | None = None) -> dict[str, str]:
-    """The server's environment minus anything secret-looking or ours, with GPUs hidden (all but `gpu`, when a
-    caller opted in to one) and threads bounded."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ML_DEBUG_MCP_") and not _SECRET_NAME.search(k)}
-    env.update(CUDA_VISIBLE_DEVICES="" if gpu is None else str(gpu), PYTHONDONTWRITEBYTECODE="1",
-               PYTHONUNBUFFERED="1")
-    # Few threads and malloc arenas: the worker should not steal the training run's cores, and every
-    # thread arena reserves 64 MB of address space that would count against RLIMIT_AS on a many-core host.
-    env.setdefault("OMP_NUM_THREADS", str(min(4, os.cpu_count() or 1)))
-    env.setdefault("MALLOC_ARENA_MAX", "2")
-    return env
+    """The environment user code sees (sandbox.environment: an allowlist, GPUs hidden, threads bounded)."""
+    return environment(gpu=gpu)
 
 
 def _limit_resources(memory_mb: int, gpu: bool = False) -> Callable[[], None]:
@@ -240,10 +233,11 @@ class _Reader:
 
 
 def run_worker(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path,
-               progress: Progress | None = None) -> dict:
-    """Run one task (see worker_main) in a fresh limited process and return its result dict; see _run."""
+               progress: Progress | None = None, policy: Policy | None = None) -> dict:
+    """Run one task (see worker_main) in a fresh sandboxed process and return its result dict, with the
+    sandbox's status under "sandbox"; see _run. Without a policy user code may write only below `cwd`."""
     gpu = gpu_index(task.get("device"))
-    return _run(task, python, timeout, memory_mb, cwd, progress, gpu)
+    return _run(task, python, timeout, memory_mb, cwd, progress, gpu, policy or Policy(roots=(str(cwd),)))
 
 
 def gpu_index(device: str | None) -> int | None:
@@ -258,7 +252,7 @@ def gpu_index(device: str | None) -> int | None:
 
 
 def _run(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path, progress: Progress | None,
-         gpu: int | None) -> dict:
+         gpu: int | None, policy: Policy) -> dict:
     """Run one task (see worker_main) in a fresh limited process and return its result dict.
 
     Raises WorkerError, with what happened and what to do, for every way the worker can fail:
@@ -267,13 +261,18 @@ def _run(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path, pro
     """
     marker = "@@ml-debug-mcp:" + secrets.token_hex(12)
     payload = json.dumps({**task, "marker": marker}).encode()
+    entry = task.get("entry") or {}
+    sandbox = Confinement(policy, cwd=cwd, gpu=gpu, readable=tuple(entry[k] for k in ("file", "sys_path") if k in entry))
     try:
         proc = subprocess.Popen([python, "-E", "-B", str(WORKER_MAIN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=str(cwd), env=worker_environment(gpu), close_fds=True,
-                                start_new_session=True, preexec_fn=_limit_resources(memory_mb, gpu is not None))
+                                stderr=subprocess.PIPE, cwd=str(cwd), close_fds=True, **sandbox.popen_kwargs(),
+                                preexec_fn=_limit_resources(memory_mb, gpu is not None))
     except OSError as exc:
+        sandbox.finish(None)
         raise WorkerError("interpreter", f"Cannot start the worker interpreter {python!r} ({exc}). Set --python "
                                          "(ML_DEBUG_MCP_PYTHON) to the Python your training uses (it needs torch).") from None
+    finally:
+        sandbox.started()
     reader = _Reader(proc, marker, progress)
     timed_out = False
     try:
@@ -282,8 +281,7 @@ def _run(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path, pro
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        _kill_group(proc)  # also reaps anything user code left running in the background
-        proc.wait()
+        status = sandbox.finish(proc)  # kills everything user code left running, setsid'd or daemonised
         reader.join(5)
     if timed_out:
         raise WorkerError("timeout", f"The worker did not finish within {timeout:g} s (it was {reader.phase}) and "
@@ -299,7 +297,7 @@ def _run(task: dict, python: str, timeout: float, memory_mb: int, cwd: Path, pro
         except ValueError as exc:
             raise WorkerError("protocol", f"The worker sent an unreadable result ({exc}).") from None
         if reply.get("ok"):
-            return reply["result"]
+            return {**reply["result"], "sandbox": status.model_dump()}
         raise explain_failure(reply.get("error") or {}, python=python, memory_mb=memory_mb, task=task)
     raise _explain_exit(proc.returncode, reader, memory_mb)
 
@@ -309,13 +307,6 @@ def _feed(proc: subprocess.Popen, payload: bytes) -> None:
         proc.stdin.write(payload)
         proc.stdin.close()
     except OSError:  # the worker died before reading its task; the exit status says why
-        pass
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
         pass
 
 

@@ -54,6 +54,7 @@ MODULE_CONFIG_ATTRS = ("in_features", "out_features", "in_channels", "out_channe
 
 torch = None  # imported by _import_torch once the task is read
 contract = meta_trace = None  # contract.py and meta_trace.py beside this file, loaded by path with torch
+confine = None  # confine.py beside this file: the sandbox, applied before anything else
 
 
 class WorkerFailure(Exception):
@@ -867,6 +868,9 @@ def run(task: dict, channel: Channel) -> dict:
 def main() -> int:
     if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(THIS_FILE):
         sys.path.pop(0)  # this folder holds core modules whose names (errors, plot...) could shadow user imports
+    global confine
+    confine = _sibling("confine")
+    confine.confine_from_environment()  # first: before any user code, while single-threaded
     stream = private_stdout()
     faulthandler.enable(sys.stderr)
     task = json.loads(sys.stdin.read())
@@ -884,4 +888,5 @@ def main() -> int:
 if __name__ == "__main__":
     code = main()
     sys.stderr.flush()
+    confine.kill_descendants()  # what user code left running, daemons included (we are their subreaper)
     os._exit(code)  # the result is out: do not wait for threads or atexit handlers user code left behind

@@ -3,9 +3,9 @@
 The server never imports the user's code. An entrypoint is resolved inside the roots by the same
 rules as the inspection tools (`core.worker.resolve_entrypoint`), and the factory's name is looked
 up in the file's syntax tree; the generated test loads the factory with importlib only when pytest
-runs it, in a subprocess with the worker's environment, memory cap and timeout. The generated
-source is parsed and compiled before it is written, and imports only torch, pytest, the standard
-library and the user's module.
+runs it, in a subprocess in the worker's sandbox (core/model/sandbox.py), memory cap and timeout.
+The generated source is parsed and compiled before it is written, and imports only torch, pytest,
+the standard library and the user's module.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import ast
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS, FailureId, failure_info
 from ml_debug_mcp.core.model.interpreter import InterpreterChoice
+from ml_debug_mcp.core.model.sandbox import CONFINE_FILE, Confinement, Policy, SandboxStatus
 from ml_debug_mcp.core.paths import Roots
 from ml_debug_mcp.core.record.templates import HARNESS_IMPORTS, TEMPLATE_FOR_FAILURE, TEMPLATES, Template
 from ml_debug_mcp.core.record.templates import contract_source
@@ -57,6 +58,7 @@ class RunResult(BaseModel):
     returncode: int | None = None
     seconds: float | None = None
     output_tail: str = Field("", description=f"The end of pytest's output (at most {MAX_OUTPUT_CHARS} characters)")
+    sandbox: SandboxStatus | None = None
 
 
 class SmokeTestResult(BaseModel):
@@ -75,6 +77,7 @@ class SmokeTestResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     summary: str
     interpreter: InterpreterChoice | None = Field(None, description="the Python the worker ran under, and why that one")
+    sandbox: SandboxStatus | None = Field(None, description="the protections around the test run (after run=true)")
 
 
 @dataclass(frozen=True)
@@ -349,54 +352,70 @@ def write_atomically(path: Path, source: str, *, overwrite: bool) -> int:
     return len(data)
 
 
-# Runs inside the child: cap its address space (GPUs are hidden, so no CUDA context needs more) and
+# Runs inside the child: confine it (core/model/confine.py, loaded by path: first, before pytest imports
+# anything of the user's), cap its address space (GPUs are hidden, so no CUDA context needs more) and
 # core dumps, then hand over to pytest.
 _CHILD = """
-import resource, sys
-limit = int(sys.argv[1]) * 2**20
+import importlib.util, resource, sys
+spec = importlib.util.spec_from_file_location("_ml_debug_mcp_confine", sys.argv[1])
+confine = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(confine)
+confine.confine_from_environment()
+limit = int(sys.argv[2]) * 2**20
 if limit > 0:
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 import pytest
-sys.exit(pytest.main(sys.argv[2:]))
+code = pytest.main(sys.argv[3:])
+confine.kill_descendants()
+sys.exit(code)
 """
 
 
-def run_test(path: Path, *, cwd: Path, python: str, timeout: float, memory_mb: int = 0) -> RunResult:
-    """Run one test file with pytest in a subprocess of its own session; kill the whole group on timeout.
+def run_test(path: Path, *, cwd: Path, python: str, timeout: float, memory_mb: int = 0,
+             policy: Policy | None = None) -> RunResult:
+    """Run one test file with pytest in the inspection worker's sandbox (allowlisted environment, no
+    visible GPU so it never takes memory from a training run, no network, writes only below the roots)
+    and kill everything it started once pytest ends, or on timeout.
 
-    The environment is the inspection worker's: no secrets, no visible GPU (the test must not take
-    memory from a training run), few threads.
+    The output is read on a thread: a child the test left running may hold the pipe open forever.
     """
-    from ml_debug_mcp.core.model.worker import worker_environment
-
     args = ["-q", "-p", "no:cacheprovider", "--no-header", "-rfEs", "--tb=short", f"--confcutdir={cwd}", str(path)]
+    sandbox = Confinement(policy or Policy(roots=(str(cwd),)), cwd=cwd, readable=(str(path),))
     started = time.monotonic()
     try:
-        proc = subprocess.Popen([python, "-B", "-c", _CHILD, str(memory_mb), *args], cwd=cwd,
-                                env=worker_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([python, "-B", "-c", _CHILD, str(CONFINE_FILE), str(memory_mb), *args], cwd=cwd,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                **sandbox.popen_kwargs())
     except OSError as exc:
+        sandbox.finish(None)
         raise ValueError(f"Cannot start the test interpreter {python!r} ({exc}); set --python to the Python your "
                          "training uses (it needs torch and pytest).") from None
+    finally:
+        sandbox.started()
+    output = bytearray()
+    reader = threading.Thread(target=_drain, args=(proc.stdout, output), daemon=True)
+    reader.start()
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        sandbox.finish(proc)
         raise SmokeTestTimeout(f"the test ran longer than the worker timeout ({timeout:g} s) and was stopped, "
                                "with everything it started") from None
-    text = output.decode("utf-8", errors="replace")
+    status = sandbox.finish(proc)
+    reader.join(5)
+    text = bytes(output).decode("utf-8", errors="replace")
     return RunResult(outcome=_outcome(proc.returncode, text), returncode=proc.returncode,
-                     seconds=round(time.monotonic() - started, 2), output_tail=_tail(text))
+                     seconds=round(time.monotonic() - started, 2), output_tail=_tail(text), sandbox=status)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-    proc.communicate()
+def _drain(stream, sink: bytearray) -> None:
+    """Read to EOF keeping a bounded tail (pytest's summary is at the end)."""
+    while chunk := stream.read1(1 << 16):
+        sink += chunk
+        if len(sink) > 8 * MAX_OUTPUT_CHARS:
+            del sink[:-4 * MAX_OUTPUT_CHARS]
 
 
 def _tail(text: str) -> str:
@@ -434,7 +453,8 @@ def check_input_shape(input_shape: list[int] | None) -> None:
 
 def create_smoke_test(path: Path, failure: str, *, root: Path, factory: Factory | None = None,
                       input_shape: list[int] | None = None, overwrite: bool = False, run: bool = False,
-                      python: str = sys.executable, timeout: float = 120.0, memory_mb: int = 0) -> SmokeTestResult:
+                      python: str = sys.executable, timeout: float = 120.0, memory_mb: int = 0,
+                      policy: Policy | None = None) -> SmokeTestResult:
     """Render, write and optionally run the regression test for `failure` at `path` (inside `root`).
 
     Raises ValueError for a bad name or input_shape, an existing file without `overwrite`, or a run
@@ -462,14 +482,14 @@ def create_smoke_test(path: Path, failure: str, *, root: Path, factory: Factory 
                              summary="")
     if run:
         try:
-            outcome = run_test(path, cwd=project, python=python, timeout=timeout, memory_mb=memory_mb)
+            outcome = run_test(path, cwd=project, python=python, timeout=timeout, memory_mb=memory_mb, policy=policy)
         except SmokeTestTimeout as exc:
             raise SmokeTestTimeout(f"{path} was written, but running it failed: {exc}. Run it yourself with "
                                    f"`{command}` to see where it waits (a factory reading a slow file or the "
                                    "network, a collective, an input() call?), or raise the server's "
                                    "--worker-timeout.") from None
         result.ran, result.outcome = True, outcome.outcome
-        result.returncode, result.output_tail = outcome.returncode, outcome.output_tail
+        result.returncode, result.output_tail, result.sandbox = outcome.returncode, outcome.output_tail, outcome.sandbox
     result.summary = _summary(result)
     return result
 
