@@ -26,6 +26,7 @@ EXPECTED = {
     "detached_branch": "vanishing_gradients",
     "carried_state": "graph_reuse",
 }
+HEALTHY = ["healthy_mlp"]  # healthy runs; every fixed twin's log must read as healthy too
 # Product gaps: the top hypothesis stays below 0.8, so classify_failure offers no closing steps.
 GAPS = {"lr_too_high": "exploding_gradients stays at 0.79: no compare_runs/write_journal/create_smoke_test step"}
 # The factory contract carries no learning rate, so a smoke test cannot tell these twins apart.
@@ -37,7 +38,7 @@ def workspace(tmp_path_factory) -> Path:
     """The scripts copied into a root, each trained once as buggy and as fixed."""
     root = tmp_path_factory.mktemp("scenarios")
     shutil.copytree(SCRIPTS, root / "scripts")
-    jobs = [(name, variant) for name in EXPECTED for variant in ("buggy", "fixed")]
+    jobs = [(name, variant) for name in EXPECTED for variant in ("buggy", "fixed")] + [(n, "fixed") for n in HEALTHY]
 
     def train(job):
         name, variant = job
@@ -86,3 +87,19 @@ async def test_agent_follows_next_steps_from_log_to_regression_test(workspace: P
     outcomes = {Path(c.arguments["path"]).stem.rsplit("_", 1)[-1]: c.result["outcome"]
                 for c in run.made("create_smoke_test")}
     assert outcomes == {"buggy": "failed", "fixed": "passed"}, [c.text for c in run.made("create_smoke_test")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_healthy_runs_and_fixed_twins_raise_no_alarm(workspace: Path, transport: str):
+    import contextlib
+
+    logs = sorted((workspace / "runs").glob("*/fixed.log"))
+    assert len(logs) == len(EXPECTED) + len(HEALTHY)
+    with contextlib.ExitStack() as stack:
+        async with _client(transport, workspace, stack) as client:
+            for log in logs:
+                result = await client.call_tool("classify_failure", {"log_path": str(log)})
+                alarms = [(h["failure"], h["confidence"]) for h in result.structured_content["hypotheses"]
+                          if h["failure"] != "healthy" and h["confidence"] >= 0.5]
+                assert not alarms, (log.parent.name, alarms)
