@@ -25,6 +25,8 @@ EXPECTED = {
     "lr_too_low": "plateau",
     "detached_branch": "vanishing_gradients",
     "carried_state": "graph_reuse",
+    "shape_bug": "shape_mismatch",
+    "dtype_bug": "dtype_mismatch",
 }
 HEALTHY = ["healthy_mlp"]  # healthy runs; every fixed twin's log must read as healthy too
 # Product gaps: the top hypothesis stays below 0.8, so classify_failure offers no closing steps.
