@@ -2,9 +2,6 @@
 meets the float32 Linear ("mat1 and mat2 must have the same dtype"). Fixed twin: statistics in the
 input's dtype."""
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -34,13 +31,7 @@ def fixed():
     return Standardised(True), _batch()
 
 
-def train(variant: str, log_path: Path) -> None:
-    from scenario_trainer import batches, fit, teacher_data
-
-    torch.manual_seed(0)
-    x, y = teacher_data(2048)
-    fit(Standardised(variant == "fixed"), batches(x, y, 32), log_path, lr=3e-3, steps=200)
-
-
 if __name__ == "__main__":
-    train(sys.argv[1], Path(sys.argv[2]))
+    from scenario_trainer import main
+
+    main(Standardised)

@@ -91,3 +91,12 @@ def fit(model: nn.Module, data: Iterable[Any], log_path: Path, *, lr: float, ste
             log.write(f"Error at step {step}:\n{traceback.format_exc()}")
             return
         log.write("training finished\n")
+
+
+def main(make: Callable[[bool], nn.Module], lr: float = 3e-3) -> None:
+    """`python script.py buggy|fixed LOG`: train make(fixed) on teacher data for 200 steps."""
+    import sys
+
+    torch.manual_seed(0)
+    x, y = teacher_data(2048)
+    fit(make(sys.argv[1] == "fixed"), batches(x, y, 32), Path(sys.argv[2]), lr=lr, steps=200)

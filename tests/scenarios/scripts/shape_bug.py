@@ -1,9 +1,6 @@
 """A shape bug: the head's in_features (32) does not match the hidden layer's output (64), so the first
 forward raises "mat1 and mat2 shapes cannot be multiplied". Fixed twin: in_features=64."""
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -25,13 +22,7 @@ def fixed():
     return model(True), _batch()
 
 
-def train(variant: str, log_path: Path) -> None:
-    from scenario_trainer import batches, fit, teacher_data
-
-    torch.manual_seed(0)
-    x, y = teacher_data(2048)
-    fit(model(variant == "fixed"), batches(x, y, 32), log_path, lr=3e-3, steps=200)
-
-
 if __name__ == "__main__":
-    train(sys.argv[1], Path(sys.argv[2]))
+    from scenario_trainer import main
+
+    main(model)
