@@ -123,6 +123,18 @@ def opened_dir(path: str | os.PathLike[str]) -> Iterator[int]:
         os.close(fd)
 
 
+def walk(top: str | os.PathLike[str]) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk of the real folder `top` through descriptors (os.fwalk): a link swapped in for `top` or a
+    folder below it is not followed. Prune the name lists in place as with os.walk."""
+    top = Path(top)
+    fd = open_dir(top)
+    try:
+        for rel, dirnames, filenames, _ in os.fwalk(".", dir_fd=fd):
+            yield Path(os.path.normpath(top / rel)), dirnames, filenames
+    finally:
+        os.close(fd)
+
+
 def _checked_file(fd: int, path: Path) -> int:
     """Refuse anything but a regular file, then make the descriptor blocking again for plain reads."""
     try:

@@ -185,6 +185,21 @@ async def test_file_resource_directory_swap_never_reads_outside(place):
     tally.check("file:// resource directory swap")
 
 
+@pytest.mark.anyio
+async def test_tail_log_directory_swap_never_lists_outside(place):
+    root, outside = place
+    a, b = _dir_swap(root, outside, "runs")
+    (a / f"{INSIDE}.log").write_text("step 1 | loss 2.0\n")
+    (outside / f"{SECRET}.log").write_text("step 1 | loss 9.0\n")
+    async with _client(root) as client:
+        async def call():
+            result = await client.call_tool("tail_log", {"path": "runs"})
+            return _answer(result), not result.is_error
+        with swapping(a, b):
+            tally = await _race(call)
+    tally.check("tail_log directory swap (listing)")
+
+
 # --- writes ------------------------------------------------------------------------------------
 
 def _journal_args(path: str, n: int) -> dict:

@@ -250,7 +250,7 @@ def list_logs(directory: Path, max_depth: int = 3, limit: int = 200) -> list[Log
     now = time.time()
     seen = 0
     base_depth = len(directory.parts)
-    for dirpath, dirnames, filenames in os.walk(directory):
+    for dirpath, dirnames, filenames in safe_fs.walk(directory):
         depth = len(Path(dirpath).parts) - base_depth
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "node_modules"))
         if depth >= max_depth:

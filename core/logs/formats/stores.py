@@ -81,7 +81,7 @@ def looks_like_event_file(head: bytes) -> bool:
 def find_event_files(root: Path, limit: int = 200) -> list[Path]:
     found: list[Path] = []
     seen = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in safe_fs.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             seen += 1
