@@ -149,20 +149,20 @@ async def test_tail_log_file_swap_never_reads_outside(place):
 @pytest.mark.anyio
 async def test_read_metrics_file_swap_never_reads_outside(place):
     root, outside = place
-    a, b = _file_swap(root, outside, "run.log", "".join(f"step {i} | loss 2.{i} # {INSIDE}\n" for i in range(20)),
-                      "".join(f"step {i} | {SECRET.replace('-', '_')} 9.{i} # {SECRET}\n" for i in range(20)))
+    a, b = _file_swap(root, outside, "run.log", "".join(f"step {i} | loss 2.{i}\n" for i in range(20)),
+                      "".join(f"step {i} | loss 777.{i}\n" for i in range(20)))
     async with _client(root) as client:
-        async def call():
+        async def call():  # the answer is series, not lines: the outside file shows as its loss values
             result = await client.call_tool("read_metrics", {"path": "run.log"})
             text = _answer(result)
-            return text.replace(SECRET.replace("-", "_"), SECRET), not result.is_error and "loss" in text
+            return text.replace("777.", SECRET), not result.is_error and "2.19" in text
         with swapping(a, b):
             tally = await _race(lambda: _mark_inside(call))
     tally.check("read_metrics file swap")
 
 
 async def _mark_inside(call):
-    """read_metrics answers with series, not the lines: a loss series counts as the inside file's content."""
+    """For answers that do not quote the file (series, a write's summary): success stands for the inside file."""
     text, ok = await call()
     return text + (INSIDE if ok else ""), ok
 
