@@ -2,7 +2,8 @@
 
 Resolution follows symlinks (`Path.resolve(strict=False)`), so neither `..` nor a link that
 points outside a root can escape. Pure and MCP-free: the server builds one `Roots` from its
-configuration, and the CLI can use the same object.
+configuration, and the CLI can use the same object. Resolving is the check; opening what it
+returned without following a link swapped in meanwhile is `safe_fs`'s job.
 """
 
 from __future__ import annotations
@@ -24,19 +25,6 @@ class PathOutsideRoots(PermissionError):
             f"'{requested}' resolves to {resolved}, which is outside the allowed roots ({listed}). "
             f"Use a path inside one of them, or restart the server with --root <dir> to allow another folder."
         )
-
-
-def stays_within(base: Path, candidate: Path) -> bool:
-    """Whether `candidate`, symlinks followed, lies inside `base`.
-
-    Files that core discovers inside a folder the caller named (a run directory's metrics.csv,
-    event files, the newest log) were never checked against the roots themselves: a symlink among
-    them could point anywhere. Core skips those that leave the folder.
-    """
-    try:
-        return candidate.resolve().is_relative_to(base.resolve())
-    except (OSError, RuntimeError):  # a symlink loop, a vanished file
-        return False
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ detectors use.
 
 from __future__ import annotations
 
+import os
 from importlib import resources as importlib_resources
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.server.mcpserver.resources import ResourceSecurity
 
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.paths import PathOutsideRoots
 from ml_debug_mcp.tools._base import ToolEnv
 
@@ -60,9 +62,10 @@ def register_knowledge(mcp: MCPServer, env: ToolEnv) -> None:
         target = _inside_roots(env, path)
         if not target.is_file():
             return f"No journal at {target} yet. write_journal creates it with the first entry."
+        text = _read_small(target)
+        if text is not None:  # journals are small: the whole record, header and all
+            return text
         size = target.stat().st_size
-        if size <= JOURNAL_RESOURCE_MAX_BYTES:  # journals are small: the whole record, header and all
-            return target.read_text(encoding="utf-8", errors="replace")
         return (f"[{target} is {size:,} bytes: showing its last {FILE_RESOURCE_MAX_LINES} lines; older entries "
                 "are in the file itself]\n" + _tail_text(target))
 
@@ -141,12 +144,25 @@ def _inside_roots(env: ToolEnv, raw: str):
         raise ResourceError(str(exc)) from None
 
 
+def _read_small(path) -> str | None:
+    """The whole text of a file up to JOURNAL_RESOURCE_MAX_BYTES (None when larger), read safely."""
+    try:
+        with safe_fs.open_read(path) as fh:
+            if os.fstat(fh.fileno()).st_size > JOURNAL_RESOURCE_MAX_BYTES:
+                return None
+            return fh.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise ResourceError(f"{path}: {exc.strerror or exc}") from None
+
+
 def _tail_text(path) -> str:
     from ml_debug_mcp.core.logs.tail import tail_file
 
     result = tail_file(path, lines=FILE_RESOURCE_MAX_LINES, analyze=False)
     if result.status == "binary":
         raise ResourceError(f"{path} is a binary file, not a text log.")
+    if result.status in ("unreadable", "missing", "directory"):  # e.g. a link swapped in after the check
+        raise ResourceError(f"{path}: {'; '.join(result.warnings)}")
     text = "\n".join(line.text for line in result.lines)
     if result.partial_line is not None:
         text += "\n" + result.partial_line.text

@@ -8,6 +8,7 @@ only an unknown `fmt` id (a caller error) raises.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,7 +23,7 @@ from ml_debug_mcp.core.logs.formats.tables import (is_lightning_header, looks_li
 from ml_debug_mcp.core.logs.formats.registry import FORMATS, LINE_PARSERS, classify_line, table_rows
 from ml_debug_mcp.core.logs.formats.text import last_segment
 from ml_debug_mcp.core.logs.normalize import looks_decorated, normalize_text
-from ml_debug_mcp.core.paths import stays_within
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.logs.series import ParsedLog
 
 SNIFF_BYTES = 64 << 10
@@ -32,8 +33,7 @@ SNIFF_LINES = 400
 
 
 def _read_head(path: Path, size: int = SNIFF_BYTES) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(size)
+    return safe_fs.read_bytes(path, size)
 
 
 def is_binary(head: bytes) -> bool:
@@ -233,9 +233,12 @@ def parse_metrics(path: Path, fmt: str | None = None, max_points: int = 2000,
     if not target.is_dir() and not target.is_file():
         collector.warn(f"{target} is not a regular file (a FIFO, socket or device); it is not read")
         return collector.result("unknown", str(target))
-    if target != path and not stays_within(path, target):
-        collector.warn(f"skipped {target.name}: it is a link that leads outside {path}")
-        return collector.result(fmt or "unknown", str(path))
+    if target != path:  # found inside the folder: read its real path, checked to stay inside
+        real = safe_fs.confine(path, target)
+        if real is None:
+            collector.warn(f"skipped {target.name}: it is a link that leads outside {path}")
+            return collector.result(fmt or "unknown", str(path))
+        target = real
     pasted = None
     if fmt is None:
         fmt = detect_format(target)
@@ -257,9 +260,10 @@ def parse_metrics(path: Path, fmt: str | None = None, max_points: int = 2000,
 def _read_pasted(target: Path) -> str | None:
     """The text of a small file that carries paste decoration (markdown, quotes, logger prefixes), else None."""
     try:
-        if target.stat().st_size > BULK_MIN_BYTES:
-            return None
-        text = target.read_bytes().decode("utf-8", "replace")
+        with safe_fs.open_read(target) as fh:
+            if os.fstat(fh.fileno()).st_size > BULK_MIN_BYTES:
+                return None
+            text = fh.read().decode("utf-8", "replace")
     except OSError:
         return None
     return text if looks_decorated(text) else None

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from ml_debug_mcp.core.paths import stays_within
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.logs.error_blocks import ErrorBlock, extract_errors
 from ml_debug_mcp.core.logs.formats.common import ANSI_RE
 
@@ -252,7 +252,7 @@ def list_logs(directory: Path, max_depth: int = 3, limit: int = 200) -> list[Log
     now = time.time()
     seen = 0
     base_depth = len(directory.parts)
-    for dirpath, dirnames, filenames in os.walk(directory):
+    for dirpath, dirnames, filenames in safe_fs.walk(directory):
         depth = len(Path(dirpath).parts) - base_depth
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "node_modules"))
         if depth >= max_depth:
@@ -261,7 +261,7 @@ def list_logs(directory: Path, max_depth: int = 3, limit: int = 200) -> list[Log
             seen += 1
             path = Path(dirpath) / name
             kind = _log_kind(path)
-            if kind is None or (path.is_symlink() and not stays_within(directory, path)):
+            if kind is None or (path.is_symlink() and safe_fs.confine(directory, path) is None):
                 continue
             try:
                 st = path.stat()
@@ -314,7 +314,7 @@ def tail_file(path: Path, lines: int = DEFAULT_LINES, since: str | None = None, 
             result.warnings.append(f"{path} is not a regular file (a FIFO, socket or device); it is not read, "
                                    "because reading it could block")
             return result
-        fh = open(path, "rb")
+        fh = safe_fs.open_read(path)
     except FileNotFoundError:
         result.status = "missing"
         result.warnings.append(f"{path} does not exist (yet?). Check the path, or whether the run has started.")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.diagnosis.catalogue import THRESHOLDS, FailureId, failure_info
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis
 from ml_debug_mcp.core.model.interpreter import InterpreterChoice
@@ -596,14 +598,14 @@ def _well_formed(record: Any) -> bool:
 def summarize_probe_stats(path: Path, *, top: int = DEFAULT_TOP,
                           progress: Callable[..., None] | None = None) -> GradientReport:
     """Per-layer last/max/trend and the first step each layer went to zero, NaN or exploded."""
-    size = path.stat().st_size
     warnings: list[str] = []
     tracks: dict[str, _Track] = {}
     steps: list[GradientStep] = []
     meta: dict[str, Any] = {}
     shapes: dict[str, list[int]] = {}
     bad_lines = records = 0
-    with path.open("rb") as handle:
+    with safe_fs.open_read(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
         if size > MAX_STATS_BYTES:
             handle.seek(size - MAX_STATS_BYTES)
             handle.readline()

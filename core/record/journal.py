@@ -3,7 +3,7 @@
 The entry format follows the debugging guide's "## Debugging Log / ### [DATE] - title /
 **Symptom** / **Root Cause** / **Fix** / **Resolution**", one paragraph per field so it renders
 as written. Several agents may write to one journal at once: the append happens under a
-`filelock.FileLock` on the sidecar `<journal>.lock`, in a single `O_APPEND` write, so no entry
+`flock` on the sidecar `<journal>.lock` (what filelock takes too), in a single `O_APPEND` write, so no entry
 is lost or interleaved. Field text is neutralised where markdown would turn it into structure
 (a line starting with `### ` inside a field must not look like a new entry).
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId, failure_info
 
 MARKDOWN_SUFFIXES = (".md", ".markdown")
@@ -228,8 +229,8 @@ def check_journal_target(path: Path) -> None:
         raise ValueError(f"{path} is a directory; pass a journal file inside it, e.g. {path / 'journal.md'}.")
     if not path.is_file():
         raise ValueError(f"{path} is not a regular file; write_journal only appends to markdown files.")
-    size = path.stat().st_size
-    with path.open("rb") as fh:
+    with safe_fs.open_read(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
         head = fh.read(BINARY_SNIFF_BYTES)
         fh.seek(max(0, size - BINARY_SNIFF_BYTES))
         tail = fh.read(BINARY_SNIFF_BYTES)
@@ -243,21 +244,28 @@ def check_journal_target(path: Path) -> None:
             raise ValueError(f"{path} is not UTF-8 text, so it is not a markdown journal; pick another path.") from None
 
 
-def _separator(path: Path, size: int) -> str:
+def _separator(fd: int, size: int) -> str:
     """What goes between the existing content and the new entry: end its last line, then one blank line."""
     if size == 0:
         return ""
-    with path.open("rb") as fh:
-        fh.seek(max(0, size - 2))
-        last = fh.read(2)
+    last = os.pread(fd, 2, max(0, size - 2))
     if not last.endswith(b"\n"):
         return "\n\n"
     return "" if last == b"\n\n" or size == 1 else "\n"
 
 
-def _count_file_entries(path: Path) -> int:
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+def _count_file_entries(fd: int) -> int:
+    with open(os.dup(fd), "r", encoding="utf-8", errors="replace", newline="") as fh:
+        fh.seek(0)
         return count_entries(line.rstrip("\r\n") for line in fh)
+
+
+def _open_journal(path: Path) -> tuple[int, bool]:
+    """(descriptor for appending and reading, whether it was created), inside the verified folder."""
+    try:
+        return safe_fs.open_fd(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL), True
+    except FileExistsError:
+        return safe_fs.open_fd(path, os.O_RDWR | os.O_APPEND), False
 
 
 def append_entry(path: Path, entry: JournalEntry, *, now: datetime | None = None,
@@ -268,26 +276,23 @@ def append_entry(path: Path, entry: JournalEntry, *, now: datetime | None = None
     before the entry is a newline when the last line lacks one. Raises ValueError for invalid
     fields, a non-markdown or binary target, or a lock held longer than `lock_timeout`.
     """
-    from filelock import FileLock, Timeout
-
     entry = validate_entry(entry)
     check_journal_target(path)
     heading, text = render_entry(entry, now)
     lock_path = path.with_name(path.name + ".lock")
     try:
-        with FileLock(str(lock_path), timeout=lock_timeout):
-            created = not path.exists()
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with safe_fs.locked(lock_path, lock_timeout):
+            fd, created = _open_journal(path)
             try:
                 size = os.fstat(fd).st_size
-                prefix = NEW_JOURNAL_HEADER + "\n" if size == 0 else _separator(path, size)
+                prefix = NEW_JOURNAL_HEADER + "\n" if size == 0 else _separator(fd, size)
                 payload = (prefix + text).encode("utf-8")
                 _write_all(fd, payload)
                 os.fsync(fd)
+                entries = _count_file_entries(fd)
             finally:
                 os.close(fd)
-            entries = _count_file_entries(path)
-    except Timeout:
+    except TimeoutError:
         raise ValueError(f"The journal {path} stayed locked by another writer for {lock_timeout:g} s "
                          f"({lock_path.name}); try again in a moment.") from None
     offset = size + len(prefix.encode("utf-8"))

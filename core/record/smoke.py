@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS, FailureId, failure_info
 from ml_debug_mcp.core.model.interpreter import InterpreterChoice
 from ml_debug_mcp.core.model.sandbox import CONFINE_FILE, Confinement, Policy, SandboxStatus
@@ -133,7 +133,7 @@ def top_level_names(source: str, filename: str) -> tuple[set[str], bool]:
 
 def _check_factory_defined(file: Path, attribute: str, shown: str) -> None:
     try:
-        source = file.read_text(encoding="utf-8")
+        source = safe_fs.read_bytes(file).decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{shown} is not UTF-8 Python source.") from None
     names, open_ended = top_level_names(source, shown)
@@ -205,7 +205,10 @@ def make_tests_folder(path: Path) -> bool:
     parent = path.parent
     if parent.exists() or parent.name != "tests" or not parent.parent.is_dir():
         return False
-    parent.mkdir(exist_ok=True)
+    try:
+        safe_fs.make_dir(parent)
+    except FileExistsError:
+        pass
     return True
 
 
@@ -334,22 +337,7 @@ def write_atomically(path: Path, source: str, *, overwrite: bool) -> int:
     which fails if the name appeared meanwhile, so an existing file is never replaced."""
     if path.exists() and not overwrite:
         raise FileExistsError(path)
-    data = source.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # FileExistsError if another writer won the race
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return len(data)
+    return safe_fs.write_atomic(path, source.encode("utf-8"), overwrite=overwrite)
 
 
 # Runs inside the child: confine it (core/model/confine.py, loaded by path: first, before pytest imports

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import re
 import tokenize
 import warnings
@@ -24,6 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.diagnosis.catalogue import FailureId, failure_info
 from ml_debug_mcp.core.diagnosis.hypotheses import Evidence, Fix, Hypothesis, NextStep
 
@@ -190,12 +192,13 @@ def scan_code(path: Path) -> list[CodeFinding]:
     try:
         if not path.is_file():
             return [_whole_file("unreadable", f"{path} is not a file: pass the training script itself")]
-        size = path.stat().st_size
-        if size > MAX_CODE_BYTES:
-            return [_whole_file("file_too_large",
-                                f"{path} is {size:,} bytes, over the {MAX_CODE_BYTES:,}-byte limit for a training "
-                                "script: not scanned. Pass the file that holds the training loop.")]
-        raw = path.read_bytes()
+        with safe_fs.open_read(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_CODE_BYTES:
+                return [_whole_file("file_too_large",
+                                    f"{path} is {size:,} bytes, over the {MAX_CODE_BYTES:,}-byte limit for a training "
+                                    "script: not scanned. Pass the file that holds the training loop.")]
+            raw = fh.read()
     except OSError as exc:
         return [_whole_file("unreadable", f"could not read {path}: {exc.strerror or exc}")]
     source = _decode(raw)

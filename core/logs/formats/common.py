@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
+from ml_debug_mcp.core import safe_fs
 from ml_debug_mcp.core.logs.series import (CANONICAL_METRICS, MetricSeries, ParsedLog, SeriesBuilder,
                                       canonical_metric_name)
 
@@ -260,7 +261,7 @@ def iter_file_blocks(path: Path, collector: Collector, first_block: int = 64 << 
     shapes of a file cheaply before the large blocks arrive.
     """
     try:
-        fh = open(path, "rb")
+        fh = safe_fs.open_read(path)
     except OSError as exc:
         collector.warn(f"cannot open {path.name}: {exc.strerror or exc}")
         return

@@ -18,11 +18,13 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ml_debug_mcp.core.logs.formats.common import Collector, iter_file_lines
 from ml_debug_mcp.core.logs.formats.text import json_record
-from ml_debug_mcp.core.paths import stays_within
+from ml_debug_mcp.core import safe_fs
 
 MAX_JSON_BYTES = 256 << 20
 MAX_WALK_ENTRIES = 5000
@@ -31,12 +33,14 @@ _VERSION_RE = re.compile(r"version_(\d+)$")
 
 
 def parse_trainer_state(path: Path, collector: Collector) -> None:
-    size = path.stat().st_size
-    collector.bytes += size
-    if size > MAX_JSON_BYTES:
-        collector.warn(f"trainer_state.json is {size} bytes, over the {MAX_JSON_BYTES} byte limit; not read")
-        return
-    trainer_state_records(path.read_bytes().decode("utf-8", "replace"), collector)
+    with safe_fs.open_read(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        collector.bytes += size
+        if size > MAX_JSON_BYTES:
+            collector.warn(f"trainer_state.json is {size} bytes, over the {MAX_JSON_BYTES} byte limit; not read")
+            return
+        text = fh.read().decode("utf-8", "replace")
+    trainer_state_records(text, collector)
 
 
 def trainer_state_records(text: str, collector: Collector) -> None:
@@ -77,12 +81,13 @@ def looks_like_event_file(head: bytes) -> bool:
 def find_event_files(root: Path, limit: int = 200) -> list[Path]:
     found: list[Path] = []
     seen = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in safe_fs.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             seen += 1
-            if "tfevents" in name and stays_within(root, Path(dirpath) / name):
-                found.append(Path(dirpath) / name)
+            real = safe_fs.confine(root, Path(dirpath) / name) if "tfevents" in name else None
+            if real is not None:
+                found.append(real)
                 if len(found) >= limit:
                     return found
         if seen > MAX_WALK_ENTRIES:
@@ -97,6 +102,12 @@ def _tb_name(tag: str, rel_dir: str, prefix_dirs: bool) -> str:
     if last.startswith(tag + "_"):
         return last  # add_scalars: "<main_tag>_<key>" folder
     return f"{rel_dir}/{tag}" if prefix_dirs else tag
+
+
+def _load_events(loader: Callable[[str], Any], file: Path) -> Iterator[Any]:
+    """The events of one file, read through its verified descriptor (the reader takes only paths)."""
+    with safe_fs.as_fd_path(file) as fd_path:
+        yield from loader(fd_path).Load()
 
 
 def parse_tensorboard(root: Path, collector: Collector) -> None:
@@ -120,7 +131,7 @@ def parse_tensorboard(root: Path, collector: Collector) -> None:
         rel_dir = file.parent.relative_to(base).as_posix() if file.parent != base else ""
         try:
             collector.bytes += file.stat().st_size
-            for event in event_file_loader.EventFileLoader(str(file)).Load():
+            for event in _load_events(event_file_loader.EventFileLoader, file):
                 if not event.HasField("summary"):
                     continue
                 for value in event.summary.value:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ml_debug_mcp.core.logs.formats.common import (Collector, is_ignored_key, is_step_key, strip_rank_prefix,
                                              to_float)
 from ml_debug_mcp.core.logs.formats.text import LineParser
-from ml_debug_mcp.core.paths import stays_within
+from ml_debug_mcp.core import safe_fs
 
 MAX_CSV_FIELD = 1 << 16
 
@@ -117,8 +117,9 @@ def mlflow_metric_files(run_dir: Path, limit: int = 500) -> list[tuple[str, Path
     if not metrics_dir.is_dir():
         return found
     for path in sorted(metrics_dir.rglob("*")):
-        if path.is_file() and stays_within(run_dir, path):
-            found.append((path.relative_to(metrics_dir).as_posix(), path))
+        real = safe_fs.confine(run_dir, path) if path.is_file() else None
+        if real is not None:  # the key is the name as logged, the file its checked real path
+            found.append((path.relative_to(metrics_dir).as_posix(), real))
             if len(found) >= limit:
                 break
     return found
