@@ -113,7 +113,11 @@ def apply_templates(templates: list, offset: int, block: bytes,
     for template in templates:
         if template.anchor and template.anchor not in block:
             continue
-        index = np.flatnonzero(unmatched)
+        # As in `re.split` over the pieces left by earlier templates: a line right before one they
+        # took has lost its newline to that match, so `(?=\r?\n)` fails and the line parser reads it.
+        eligible = unmatched.copy()
+        eligible[:-1] &= unmatched[1:]
+        index = np.flatnonzero(eligible)
         if index.size == 0:
             break
         frame = _extract(lines.gather(index) if index.size < count else lines.slice(0, count), template.rust)
