@@ -212,6 +212,19 @@ def _floats(column: list) -> tuple[np.ndarray, np.ndarray | None]:
         return values, ok
 
 
+def add_column(collector: Collector, name: str, groups: list[tuple[int | None, np.ndarray | None]],
+               keep: np.ndarray | None, ok: np.ndarray | None, orders: np.ndarray, steps: np.ndarray,
+               values: np.ndarray) -> None:
+    """One template column to the collector, per rank, without the rows whose step or value is no number."""
+    mask = keep if ok is None else (ok if keep is None else ok & keep)
+    for rank, rank_mask in groups:
+        m = mask if rank_mask is None else (rank_mask if mask is None else rank_mask & mask)
+        if m is None:
+            collector.add_columns(name, rank, orders, steps, values)
+        else:
+            collector.add_columns(name, rank, orders[m], steps[m], values[m])
+
+
 def apply_template(template: Template, pieces: list[tuple[int, bytes]],
                    collector: Collector) -> list[tuple[int, bytes]]:
     """Take every line of `template`'s shape out of `pieces`; return what is left, with offsets."""
@@ -251,13 +264,7 @@ def apply_template(template: Template, pieces: list[tuple[int, bytes]],
             if name is None:
                 continue
             values, ok = _floats(parts[3 + i::stride])
-            mask = keep if ok is None else (ok if keep is None else ok & keep)
-            for rank, rank_mask in groups:
-                m = mask if rank_mask is None else (rank_mask if mask is None else rank_mask & mask)
-                if m is None:
-                    collector.add_columns(name, rank, starts, steps, values)
-                else:
-                    collector.add_columns(name, rank, starts[m], steps[m], values[m])
+            add_column(collector, name, groups, keep, ok, starts, steps, values)
     return remaining
 
 

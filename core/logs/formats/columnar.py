@@ -135,6 +135,8 @@ def apply_templates(templates: list, offset: int, block: bytes,
 
 def _add(template, frame, orders: np.ndarray, collector: Collector) -> None:
     """Feed one template's matches to the collector, in the order `bulk.apply_template` does."""
+    from ml_debug_mcp.core.logs.formats.bulk import add_column  # bulk imports this module
+
     k = frame.height
     skip = frame.width - len(template.names)  # 1 for the rank group of a ranked template
     steps, keep = _floats(frame.to_series(skip + template.step_group))
@@ -149,13 +151,7 @@ def _add(template, frame, orders: np.ndarray, collector: Collector) -> None:
         if name is None:
             continue
         values, ok = _floats(frame.to_series(skip + i))
-        mask = keep if ok is None else (ok if keep is None else ok & keep)
-        for rank, rank_mask in groups:
-            m = mask if rank_mask is None else (rank_mask if mask is None else rank_mask & mask)
-            if m is None:
-                collector.add_columns(name, rank, orders, steps, values)
-            else:
-                collector.add_columns(name, rank, orders[m], steps[m], values[m])
+        add_column(collector, name, groups, keep, ok, orders, steps, values)
 
 
 def _pieces(unmatched: np.ndarray, starts: np.ndarray, offset: int, block: bytes) -> list[tuple[int, bytes]]:
