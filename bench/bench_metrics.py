@@ -11,7 +11,8 @@ Each parse runs in a fresh subprocess that reports its wall time and peak RSS
 (ru_maxrss); the peak of a subprocess that only imports the library and parses a tiny file is
 subtracted, so "peak MiB" is what the parse itself held. Throughput is MB/s of file; the ratio is
 against `grep -c loss` on the same file in the same run (median of 3, page cache warm).
-Goals: 30% of grep's throughput, and the same peak memory at both sizes.
+Each file is parsed with the columnar engine (polars) and with the pure-Python fallback, each
+--repeats times (median shown). Goals: 30% of grep's throughput, and the same peak memory at both sizes.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from summary import row  # noqa: E402
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
+from ml_debug_mcp.core.logs.formats import columnar
 from ml_debug_mcp.core.logs.metrics import parse_metrics
 path = Path(sys.argv[1])
+if sys.argv[2] == "python":
+    columnar.ENGINE = None
 started = time.perf_counter()
 parsed = parse_metrics(path)
 elapsed = time.perf_counter() - started
@@ -43,8 +47,12 @@ print(json.dumps({"seconds": elapsed, "maxrss_kib": resource.getrusage(resource.
 """
 
 
-def run_child(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True)
+# "polars": the columnar engine (the `fast` extra); "python": the pure-Python fallback.
+ENGINES = ("polars", "python")
+
+
+def run_child(path: Path, engine: str = "polars") -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), engine], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -62,6 +70,7 @@ def grep_seconds(path: Path, repeats: int = 3) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32 MiB and 128 MiB instead of 256 MiB and 1 GiB")
+    parser.add_argument("--repeats", type=int, default=3, help="parses per engine and file; the median is shown")
     args = parser.parse_args()
     sizes = [32 * MiB, 128 * MiB] if args.quick else [256 * MiB, 1024 * MiB]
     rows = []
@@ -75,15 +84,17 @@ def main() -> int:
                 write_log(path, size, chunk)
                 real_size = path.stat().st_size
                 grep_s = grep_seconds(path)
-                child = run_child(path)
-                rows.append((kind, real_size, child["seconds"], grep_s, (child["maxrss_kib"] - baseline_kib) / 1024,
-                             child["records"], child["format"]))
+                for engine in ENGINES:
+                    runs = [run_child(path, engine) for _ in range(args.repeats)]
+                    child = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+                    rows.append((kind, engine, real_size, child["seconds"], grep_s,
+                                 (child["maxrss_kib"] - baseline_kib) / 1024, child["records"], child["format"]))
                 path.unlink()
-    print(f"{'log':>10} {'size':>8} {'parse s':>8} {'MB/s':>7} {'grep MB/s':>10} {'ratio':>6} {'peak MiB':>9} "
+    print(f"{'log':>10} {'engine':>7} {'size':>8} {'parse s':>8} {'MB/s':>7} {'grep MB/s':>10} {'ratio':>6} {'peak MiB':>9} "
           f"{'records':>10} format")
-    for kind, size, secs, grep_s, peak, records, fmt in rows:
+    for kind, engine, size, secs, grep_s, peak, records, fmt in rows:
         mbs, grep_mbs = size / secs / 1e6, size / grep_s / 1e6
-        print(f"{kind:>10} {size / MiB:>6.0f}Mi {secs:>8.2f} {mbs:>7.1f} {grep_mbs:>10.0f} {mbs / grep_mbs:>6.1%} "
+        print(f"{kind:>10} {engine:>7} {size / MiB:>6.0f}Mi {secs:>8.2f} {mbs:>7.1f} {grep_mbs:>10.0f} {mbs / grep_mbs:>6.1%} "
               f"{peak:>9.1f} {records:>10} {fmt}")
         row(f"whole-log parsing, {kind} {size / MiB:.0f} MiB", mbs, grep_mbs, "MB/s", ">= 0.3x (higher is better)",
             baseline_name="grep -c")

@@ -8,7 +8,8 @@ exactly the parser's record for its exemplar, is then applied to whole blocks wi
 `re.split`; the captured columns become numpy arrays fed to `Collector.add_columns`, ordered by
 byte offset. Everything a template does not match falls through to the line parser, so the
 result is the same as reading line by line — only records with an explicit step qualify, since
-step-less records get running indices that depend on the line-by-line order.
+step-less records get running indices that depend on the line-by-line order. With polars
+installed (the `fast` extra) the templates run in columnar.py instead, with the same result.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from ml_debug_mcp.core.logs.formats.common import (MAX_LINE_BYTES, Collector, is_ignored_key, is_step_key, metric_name,
                                              strip_rank_prefix, to_float)
+from ml_debug_mcp.core.logs.formats import columnar
 from ml_debug_mcp.core.logs.formats.registry import LINE_PARSERS
 from ml_debug_mcp.core.logs.formats.text import LineParser, extract_pair_spans, last_segment
 
@@ -37,40 +39,59 @@ _STEP_GROUP = rb"([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
 # literal-prefix search; the rank prefix, when the exemplar had one, is part of the shape.
 _RANKED = rb"\n(\[(?:rank|default)(\d{1,5})\]: ?"
 _UNRANKED = rb"\n(()"
+# The same groups for Rust's regex (one line at a time: anchored, ASCII classes, no whole-line group).
+_RUST_RANKED = r"\[(?:rank|default)([0-9]{1,5})\]: ?"
+_RUST_VALUE_GROUP = r"([-+0-9A-Za-z_.]+)"
+_RUST_STEP_GROUP = r"([-+]?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
+_RUST_META = frozenset("\\.+*?()|[]{}^$#&-~")
 _ELASTIC_RE = re.compile(r"( +)|(?<![A-Za-z_\d.])(\d+)(?![A-Za-z_\d])")
 _ANCHOR_RE = re.compile(r"[^\d ]{3,}")
 
 
-def _literal(text: str) -> bytes:
-    """Escaped literal text; runs of spaces match any run, stand-alone digit runs any digits."""
-    out = []
+def _literal(text: str) -> tuple[bytes, str]:
+    """Escaped literal text; runs of spaces match any run, stand-alone digit runs any digits.
+
+    Returned twice: for `re` on bytes, and for the Rust regex of the columnar engine (ASCII
+    classes spelt out, since Rust's \\d and \\w are Unicode).
+    """
+    out, rust = [], []
     pos = 0
     for m in _ELASTIC_RE.finditer(text):
         out.append(re.escape(text[pos:m.start()].encode("utf-8", "replace")))
+        rust.append(rust_escape(text[pos:m.start()]))
         out.append(rb" +" if m.group(1) else rb"\d+")
+        rust.append(" +" if m.group(1) else "[0-9]+")
         pos = m.end()
     out.append(re.escape(text[pos:].encode("utf-8", "replace")))
-    return b"".join(out)
+    rust.append(rust_escape(text[pos:]))
+    return b"".join(out), "".join(rust)
+
+
+def rust_escape(text: str) -> str:
+    """`text` as a literal in a Rust regex (its meta characters; everything else stands for itself)."""
+    return "".join("\\" + c if c in _RUST_META else c for c in text)
 
 
 @dataclass
 class Template:
     pattern: bytes
     regex: re.Pattern[bytes]
+    rust: str  # the same shape for one line, anchored, for the columnar engine (see columnar.py)
     names: list[str | None]  # canonical metric per value group; None: not a metric (step, skipped)
     step_group: int
     anchor: bytes
     hits: int = 0
 
 
-def build_template(text: str, ranked: bool = False) -> tuple[bytes, list[str | None], int, bytes] | None:
-    """(pattern, names, step group, anchor) for one metric line (rank prefix removed), or None."""
+def build_template(text: str, ranked: bool = False) -> tuple[bytes, list[str | None], int, bytes, str] | None:
+    """(pattern, names, step group, anchor, Rust pattern) for one metric line (rank prefix removed), or None."""
     if "\r" in text or "\x1b" in text or "\b" in text:
         return None
     pairs = extract_pair_spans(text)
     if not pairs:
         return None
     pieces = [_RANKED if ranked else _UNRANKED]
+    rust = ["^" + (_RUST_RANKED if ranked else "")]
     names: list[str | None] = []
     literals: list[str] = []
     step_group = None
@@ -81,14 +102,18 @@ def build_template(text: str, ranked: bool = False) -> tuple[bytes, list[str | N
         if start < pos:
             return None
         literals.append(text[pos:start])
-        pieces.append(_literal(text[pos:start]))
+        lit, rust_lit = _literal(text[pos:start])
+        pieces.append(lit)
+        rust.append(rust_lit)
         pos = end
         name = None
         if is_step_key(key) and step_group is None:
             step_group = i
             pieces.append(_STEP_GROUP)
+            rust.append(_RUST_STEP_GROUP)
         else:
             pieces.append(_VALUE_GROUP)
+            rust.append(_RUST_VALUE_GROUP)
         if not is_step_key(key) and not is_ignored_key(key) and key not in seen_raw:
             candidate = metric_name(key)
             if candidate and candidate not in seen:
@@ -97,13 +122,15 @@ def build_template(text: str, ranked: bool = False) -> tuple[bytes, list[str | N
         seen_raw.add(key)
         names.append(name)
     literals.append(text[pos:])
-    pieces.append(_literal(text[pos:]))
+    lit, rust_lit = _literal(text[pos:])
+    pieces.append(lit)
+    rust.append(rust_lit + "\r?$")
     pieces.append(rb")(?=\r?\n)")
     if step_group is None or not seen:
         return None
     anchors = [m.group(0) for lit in literals for m in _ANCHOR_RE.finditer(lit)]
     anchor = max(anchors, key=len).encode("utf-8", "replace") if anchors else b""
-    return b"".join(pieces), names, step_group, anchor
+    return b"".join(pieces), names, step_group, anchor, "".join(rust)
 
 
 def _same(a: float, b: float) -> bool:
@@ -155,7 +182,7 @@ class TemplateLearner:
         built = build_template(text, ranked=raw_line.startswith(b"["))
         if built is None:
             return
-        pattern, names, step_group, anchor = built
+        pattern, names, step_group, anchor, rust = built
         if pattern in self._known:
             return
         count = self._counts.get(pattern, 0) + 1
@@ -169,7 +196,7 @@ class TemplateLearner:
             regex = re.compile(pattern)
         except re.error:
             return
-        template = Template(pattern, regex, names, step_group, anchor)
+        template = Template(pattern, regex, rust, names, step_group, anchor)
         if _validate(template, raw_line, record):
             self.templates.append(template)
 
@@ -183,6 +210,19 @@ def _floats(column: list) -> tuple[np.ndarray, np.ndarray | None]:
         ok = np.fromiter((p is not None for p in parsed), dtype=bool, count=len(parsed))
         values = np.fromiter((math.nan if p is None else p for p in parsed), dtype=np.float64, count=len(parsed))
         return values, ok
+
+
+def add_column(collector: Collector, name: str, groups: list[tuple[int | None, np.ndarray | None]],
+               keep: np.ndarray | None, ok: np.ndarray | None, orders: np.ndarray, steps: np.ndarray,
+               values: np.ndarray) -> None:
+    """One template column to the collector, per rank, without the rows whose step or value is no number."""
+    mask = keep if ok is None else (ok if keep is None else ok & keep)
+    for rank, rank_mask in groups:
+        m = mask if rank_mask is None else (rank_mask if mask is None else rank_mask & mask)
+        if m is None:
+            collector.add_columns(name, rank, orders, steps, values)
+        else:
+            collector.add_columns(name, rank, orders[m], steps[m], values[m])
 
 
 def apply_template(template: Template, pieces: list[tuple[int, bytes]],
@@ -224,13 +264,7 @@ def apply_template(template: Template, pieces: list[tuple[int, bytes]],
             if name is None:
                 continue
             values, ok = _floats(parts[3 + i::stride])
-            mask = keep if ok is None else (ok if keep is None else ok & keep)
-            for rank, rank_mask in groups:
-                m = mask if rank_mask is None else (rank_mask if mask is None else rank_mask & mask)
-                if m is None:
-                    collector.add_columns(name, rank, starts, steps, values)
-                else:
-                    collector.add_columns(name, rank, starts[m], steps[m], values[m])
+            add_column(collector, name, groups, keep, ok, starts, steps, values)
     return remaining
 
 
@@ -271,14 +305,20 @@ def parse_text_blocks(blocks: Iterable[tuple[int, bytes]], fmt: str, collector: 
     learner = TemplateLearner() if bulk and fmt in TEMPLATE_FORMATS else None
     for offset, block in blocks:
         collector.lines += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        pieces = [(offset - 1, b"\n" + block)]  # the newline before the first line, see _RANKED
+        pieces = None
         if learner is not None:
             learner.new_block()
-            for template in learner.templates:
-                pieces = apply_template(template, pieces, collector)
-                if not pieces:
-                    break
+            if learner.templates and columnar.available():
+                pieces = columnar.apply_templates(learner.templates, offset, block, collector)
+            if pieces is None:
+                pieces = [(offset - 1, b"\n" + block)]  # the newline before the first line, see _RANKED
+                for template in learner.templates:
+                    pieces = apply_template(template, pieces, collector)
+                    if not pieces:
+                        break
             learner.templates.sort(key=lambda t: -t.hits)
+        else:
+            pieces = [(offset - 1, b"\n" + block)]
         prefilter = parser.prefilter
         for base, piece in pieces:
             if prefilter is not None and prefilter.search(piece) is None:
