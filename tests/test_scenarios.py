@@ -27,12 +27,18 @@ EXPECTED = {
     "carried_state": "graph_reuse",
     "shape_bug": "shape_mismatch",
     "dtype_bug": "dtype_mismatch",
+    "overfitting": "overfitting",
+    "exploding_rnn": "exploding_gradients",
+    "slow_loader": "slow_throughput",
 }
-HEALTHY = ["healthy_mlp"]  # healthy runs; every fixed twin's log must read as healthy too
+HEALTHY = ["healthy_mlp", "healthy_gru"]  # healthy runs; every fixed twin's log must read as healthy too
 # Product gaps: the top hypothesis stays below 0.8, so classify_failure offers no closing steps.
 GAPS = {"lr_too_high": "exploding_gradients stays at 0.79: no compare_runs/write_journal/create_smoke_test step"}
 # The factory contract carries no learning rate, so a smoke test cannot tell these twins apart.
-SMOKE_GAPS = {"lr_too_low": "buggy and fixed factories differ only in lr, which the factory contract does not carry"}
+SMOKE_GAPS = {
+    "lr_too_low": "buggy and fixed factories differ only in lr, which the factory contract does not carry",
+    "slow_loader": "the bottleneck is in the data pipeline, outside the model factory a smoke test builds",
+}
 
 
 @pytest.fixture(scope="module")
