@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from abuse import record
 from mcp import Client
 
 from mcp_harness import stdio_client
@@ -126,11 +127,16 @@ async def test_no_secret_reaches_the_factory_and_allowlisted_settings_do(tmp_pat
     async with stdio_client(*args, env=env) as client:
         result = await client.call_tool("check_shapes", {"entrypoint": "hostile.py:env_spy"})
         assert not result.is_error, result.content[0].text
-        _assert_no_secret_seen(_report(project))
+        seen = [_report(project)]
         smoke = await client.call_tool("create_smoke_test", {"path": "tests/test_env_spy.py", "failure": "nan_loss",
                                                              "entrypoint": "hostile.py:env_spy", "run": True})
         assert not smoke.is_error and smoke.structured_content["ran"], smoke.content[0].text
-        _assert_no_secret_seen(_report(project))  # the test run gets the same sandbox
+        seen.append(_report(project))  # the test run gets the same sandbox
+    record("factory reads its environment and every /proc/*/environ (check_shapes, create_smoke_test)", 2,
+           sum(bool(s["found"]) or any(v in json.dumps(s) for v in SECRETS.values()) for s in seen),
+           f"{len(SECRETS)} planted secrets, the server's token among them")
+    for report in seen:
+        _assert_no_secret_seen(report)
     sandbox = result.structured_content["sandbox"]
     assert sandbox["env_allowlist"]["active"] and sandbox["non_dumpable"]["active"] and sandbox["subreaper"]["active"]
     assert "sandbox: env allowlist, non-dumpable server" in result.content[0].text
@@ -186,14 +192,18 @@ async def test_every_descendant_dies_with_the_call_setsid_and_daemons_too(
             if cgroup and not kill_tree["active"]:
                 pytest.skip("no cgroup v2 for the worker on this host: " + kill_tree["detail"])
             assert len(_report(project)["pids"]) == 3
-            assert _sleepers(sleep) == [], "a child of the factory survived the call"
+            survivors = len(_sleepers(sleep))
+            assert survivors == 0, "a child of the factory survived the call"
 
             (project / "report.json").unlink()
             smoke = await client.call_tool("create_smoke_test", {"path": "tests/test_spawner.py", "failure": "nan_loss",
                                                                  "entrypoint": "hostile.py:spawner", "run": True})
         assert not smoke.is_error, smoke.content[0].text
         assert smoke.structured_content["ran"] and (project / "report.json").exists(), smoke.structured_content
-        assert _sleepers(sleep) == [], "a child of the smoke test survived the run"
+        survivors += len(_sleepers(sleep))
+        record(f"factory starts plain, setsid and daemon children ({'cgroup' if cgroup else 'subreaper'}; "
+               "analyze_gradients, create_smoke_test)", 6, survivors, "children alive after the call")
+        assert survivors == 0, "a child of the smoke test survived the run"
         assert smoke.structured_content["sandbox"]["kill_tree"]["active"] is cgroup
         assert "sandbox:" in smoke.content[0].text
     finally:
@@ -232,6 +242,10 @@ async def test_the_factory_reaches_neither_the_network_nor_files_outside_the_roo
         listener.sock.close()
     assert not result.is_error, result.content[0].text
     seen, sandbox = _report(project), result.structured_content["sandbox"]
+    record("factory opens a socket and writes outside the roots (check_shapes)", 2,
+           (seen["connect"] == "connected") + (seen["write"] == "written"),
+           f"network namespace {'on' if sandbox['no_network']['active'] else 'off'}, "
+           f"Landlock {'on' if sandbox['landlock']['active'] else 'off'}")
     skipped = []
     if sandbox["no_network"]["active"]:
         assert seen["connect"] != "connected" and listener.accepted == 0, seen

@@ -15,7 +15,7 @@ import pytest
 from ml_debug_mcp.core.diagnosis.catalogue import FAILURE_IDS
 from ml_debug_mcp.core.paths import Roots
 from ml_debug_mcp.core.record.smoke import ALLOWED_IMPORTS, check_entrypoint, create_smoke_test, \
-    make_tests_folder, project_dir, render, write_atomically
+    make_tests_folder, project_dir, render, run_test, write_atomically
 from ml_debug_mcp.core.record.templates import TEMPLATE_FOR_FAILURE, TEMPLATES
 
 from smoke_models import MODELS
@@ -231,3 +231,14 @@ def test_a_factory_in_a_package_is_imported_with_its_relative_imports(generated_
     for name in ("by_module", "by_file"):
         outcomes = {k: v[0] for k, v in generated_runs.items() if k.startswith(f"test_package_{name}::")}
         assert outcomes and set(outcomes.values()) == {"passed"}, outcomes
+
+
+@pytest.mark.parametrize("body, outcome", [("os._exit(0)", "error"), ("assert True", "passed")])
+def test_a_test_that_ends_the_interpreter_early_is_no_pass(tmp_path: Path, body: str, outcome: str):
+    """pytest exits 0 when a test calls os._exit(0): only pytest's own end-of-run mark makes a pass."""
+    test = tmp_path / "test_ends_early.py"
+    test.write_text(f"import os\n\n\ndef test_it():\n    {body}\n")
+    result = run_test(test, cwd=tmp_path, python=sys.executable, timeout=120)
+    assert (result.returncode, result.outcome) == (0, outcome), result.output_tail
+    assert ("before pytest finished" in result.output_tail) == (outcome == "error")
+    assert "ml-debug-mcp:pytest-exit" not in result.output_tail

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -342,7 +343,8 @@ def write_atomically(path: Path, source: str, *, overwrite: bool) -> int:
 
 # Runs inside the child: confine it (core/model/confine.py, loaded by path: first, before pytest imports
 # anything of the user's), cap its address space (GPUs are hidden, so no CUDA context needs more) and
-# core dumps, then hand over to pytest.
+# core dumps, then hand over to pytest. Its last line carries a per-run mark with pytest's own exit code:
+# a test that ends the interpreter early (os._exit(0) in a factory) exits 0 without it, which is no pass.
 _CHILD = """
 import importlib.util, resource, sys
 spec = importlib.util.spec_from_file_location("_ml_debug_mcp_confine", sys.argv[1])
@@ -355,8 +357,9 @@ if limit > 0:
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 import pytest
-code = pytest.main(sys.argv[3:])
+code = pytest.main(sys.argv[4:])
 confine.kill_descendants()
+print(f"\\n{sys.argv[3]} {int(code)}", flush=True)
 sys.exit(code)
 """
 
@@ -371,9 +374,10 @@ def run_test(path: Path, *, cwd: Path, python: str, timeout: float, memory_mb: i
     """
     args = ["-q", "-p", "no:cacheprovider", "--no-header", "-rfEs", "--tb=short", f"--confcutdir={cwd}", str(path)]
     sandbox = Confinement(policy or Policy(roots=(str(cwd),)), cwd=cwd, readable=(str(path),))
+    mark = f"ml-debug-mcp:pytest-exit:{secrets.token_hex(8)}"
     started = time.monotonic()
     try:
-        proc = subprocess.Popen([python, "-B", "-c", _CHILD, str(CONFINE_FILE), str(memory_mb), *args], cwd=cwd,
+        proc = subprocess.Popen([python, "-B", "-c", _CHILD, str(CONFINE_FILE), str(memory_mb), mark, *args], cwd=cwd,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 **sandbox.popen_kwargs())
     except OSError as exc:
@@ -393,9 +397,18 @@ def run_test(path: Path, *, cwd: Path, python: str, timeout: float, memory_mb: i
                                "with everything it started") from None
     status = sandbox.finish(proc)
     reader.join(5)
-    text = bytes(output).decode("utf-8", errors="replace")
-    return RunResult(outcome=_outcome(proc.returncode, text), returncode=proc.returncode,
+    text, finished = _strip_mark(bytes(output).decode("utf-8", errors="replace"), mark)
+    if not finished:
+        text += (f"\n[the test interpreter exited with {proc.returncode} before pytest finished: something in the "
+                 "test ended the process (os._exit, a signal, a crash), so its result is unknown]")
+    return RunResult(outcome=_outcome(proc.returncode, text) if finished else "error", returncode=proc.returncode,
                      seconds=round(time.monotonic() - started, 2), output_tail=_tail(text), sandbox=status)
+
+
+def _strip_mark(text: str, mark: str) -> tuple[str, bool]:
+    """The output without the end-of-run mark, and whether pytest reached it."""
+    head, found, _ = text.rpartition(f"\n{mark} ")
+    return (head, True) if found else (text, False)
 
 
 def _drain(stream, sink: bytearray) -> None:
