@@ -472,7 +472,9 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
                key=lambda s: (s.tool, repr(sorted(s.arguments.items()))))
     top = ranked[0] if ranked else None
     if top is not None and top.failure != "healthy" and top.confidence >= CONFIRMED:
-        top.next_steps += _closing_steps(top, log_path, available)
+        planned = {step.tool for step in top.next_steps}  # a failure whose checks already compare runs: once
+        top.next_steps += [step for step in _closing_steps(top, log_path, available)
+                           if not (step.tool == "compare_runs" and "compare_runs" in planned)]
     had_errors = bool(blocks) or bool(error_text and error_text.strip())
     binary = bool(error_text) and _looks_binary(error_text)
     notes = _missing_evidence(top, parsed, log_path, had_errors, code_path is not None, binary)

@@ -33,14 +33,17 @@ CRASHES = frozenset({"oom", "shape_mismatch", "graph_reuse", "device_mismatch", 
                      "distributed_hang"})
 
 # The metric a fix of each failure should move, when the run logs it; anything else is judged on the loss.
-TARGET_METRICS = {"overfitting": "eval_loss", "mode_collapse": "reward", "rank_collapse": "effective_rank",
-                  "slow_throughput": "throughput"}
+TARGET_METRICS = {"overfitting": ("eval_loss",), "mode_collapse": ("reward",), "rank_collapse": ("effective_rank",),
+                  "slow_throughput": ("throughput", "step_time")}
 
 
 def target_metric(failure: str | None, logged: set[str] | None = None) -> str:
-    """Regularising an overfit model raises its train loss on purpose: judge it on eval loss, and so on."""
-    wanted = TARGET_METRICS.get(failure or "")
-    return wanted if wanted is not None and (logged is None or wanted in logged) else "loss"
+    """Regularising an overfit model raises its train loss on purpose: judge it on eval loss, and so on.
+    A failure's metrics are in order of preference (a loader fix shows as step time when no throughput is logged)."""
+    for wanted in TARGET_METRICS.get(failure or "", ()):
+        if logged is None or wanted in logged:
+            return wanted
+    return "loss"
 
 
 class Comparison(BaseModel):

@@ -50,6 +50,7 @@ def fit(model: nn.Module, data: Iterable[Any], log_path: Path, *, lr: float, ste
         layer_norms: dict[str, nn.Module] | None = None, timing: bool = False,
         prepare: Callable[[Any], Any] | None = None) -> None:
     """Adam on `data` for `steps` steps, one log line every `every` steps; a crash ends the log with its traceback."""
+    torch.set_num_threads(1)  # the suite trains two scripts at once on small machines: no oversubscribed cores
     loss_fn = loss_fn or nn.functional.cross_entropy
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     log_path.parent.mkdir(parents=True, exist_ok=True)
