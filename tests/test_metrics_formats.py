@@ -482,3 +482,15 @@ def test_wandb_history_prefers_the_trainers_global_step_over_the_log_call_counte
     assert parsed.get("loss").steps[:3] == [0.0, 100.0, 200.0] and parsed.get("loss").stats.last_step == 1900.0
     alone = parse_metrics_text("".join(json.dumps({"_step": i, "loss": 1.0}) + "\n" for i in range(3)))
     assert alone.get("loss").steps == [0.0, 1.0, 2.0], "with nothing else, _step is the step"
+
+
+def test_an_objective_by_another_name_makes_a_metric_line():
+    """MXNet's language-model example prints NLL and perplexity and no key called loss: still metric lines."""
+    text = "".join(f"Epoch [{32732 + 28 * i}] Train: NLL={4.494 - 0.01 * i:.3f}, Perp={89.5 - i:.3f}\n" for i in range(5))
+    parsed = parse_metrics_text(text)
+    assert [round(v, 3) for v in parsed.get("nll").values] == [4.494, 4.484, 4.474, 4.464, 4.454]
+    assert len(parsed.get("perp").values) == 5
+
+
+def test_prose_naming_no_metric_stays_unread():
+    assert parse_metrics_text("Epoch [3] Train: nodes=120, edges=4500\n" * 4).series == []

@@ -11,7 +11,6 @@ importing this module stays cheap for the server.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 from ml_debug_mcp.core.diagnosis.catalogue import failure_info
 from ml_debug_mcp.core.diagnosis.compare import target_metric
 from ml_debug_mcp.core.diagnosis.hypotheses import Diagnosis, Evidence, Hypothesis, NextStep, confidence_text
-from ml_debug_mcp.core.logs.series import ParsedLog, SeriesBuilder, canonical_metric_name, last_run
+from ml_debug_mcp.core.logs.series import (OBJECTIVE_PATTERNS, ParsedLog, SeriesBuilder, canonical_metric_name,
+                                           last_run)
 from ml_debug_mcp.core.logs.sources import TrackerSource
 
 CONFIRMED = 0.8  # at or above: the diagnosis stands; below: say what evidence is missing
@@ -375,20 +375,12 @@ def parse_safely(*, path: Path | None = None, text: str | None = None, fmt: str 
                          warnings=[f"metric parsing failed ({type(exc).__name__}: {exc}); no metric series read"])
 
 
-# When a log names its training loss otherwise: a loss by another name (MXNet's `MultiLogisticLoss`,
-# mmdet's parts), the negative log-likelihood, then perplexity (exp of it: same shape, other scale).
-# RL and GAN parts (policy, value, discriminator...) do not fall like an objective: never stand-ins.
-_LOSS_LIKE = (re.compile(r"^(?!(?:eval|val|valid|test|policy|value|vf|pg|actor|critic|entropy|d|g|disc|dis|gen|aux|reg)_)"
-                         r"[a-z0-9_]*loss$"), re.compile(r"^(?:nll|ce|xent|cross_entropy)(?:_loss)?$"),
-              re.compile(r"^(?:ppl|perp|perplexity|train_ppl|train_perplexity)$"))
-
-
 def stand_in_loss(parsed: ParsedLog) -> tuple[ParsedLog, str | None]:
     """A log without a series called `loss` still has a training objective: read the closest one as
     the loss (a loss-named series, else NLL, else perplexity, else the eval loss alone), and say which."""
     if parsed.get("loss") is not None or not parsed.series:
         return parsed, None
-    for pattern in _LOSS_LIKE:
+    for pattern in OBJECTIVE_PATTERNS:
         named = sorted({s.name for s in parsed.series if pattern.search(s.name)},
                        key=lambda n: (not n.startswith("total"), len(n), n))
         if named:

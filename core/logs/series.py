@@ -63,6 +63,22 @@ _SPLIT_PREFIXES = {"train": "", "training": "", "trn": "", "val": "eval_", "vali
 
 CANONICAL_METRICS = frozenset(_ALIASES)
 
+# A training objective under another name, in order of preference: a loss by another name (MXNet's
+# `MultiLogisticLoss`, mmdet's parts), the negative log-likelihood, then perplexity (exp of it: same
+# shape, other scale). RL and GAN parts (policy, value, discriminator...) do not fall like an
+# objective: never stand-ins. Matched against normalised names.
+OBJECTIVE_PATTERNS = (
+    re.compile(r"^(?!(?:eval|val|valid|test|policy|value|vf|pg|actor|critic|entropy|d|g|disc|dis|gen|aux|reg)_)"
+               r"[a-z0-9_]*loss$"),
+    re.compile(r"^(?:nll|ce|xent|cross_entropy)(?:_loss)?$"),
+    re.compile(r"^(?:ppl|perp|perplexity|train_ppl|train_perplexity)$"))
+
+
+def is_objective_name(raw: str) -> bool:
+    """A name that can stand in for the training loss (see OBJECTIVE_PATTERNS)."""
+    norm = _normalize(raw)
+    return any(p.search(norm) for p in OBJECTIVE_PATTERNS)
+
 
 def _normalize(raw: str) -> str:
     return _NORMALIZE_RE.sub("_", raw.strip().lower()).strip("_")

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ml_debug_mcp.core import safe_fs
-from ml_debug_mcp.core.logs.series import (CANONICAL_METRICS, MetricSeries, ParsedLog, SeriesBuilder,
+from ml_debug_mcp.core.logs.series import (CANONICAL_METRICS, MetricSeries, ParsedLog, SeriesBuilder, is_objective_name,
                                       canonical_metric_name)
 
 # A number as trainers print it, including the NaN/Inf spellings of Python, C, JSON and numpy.
@@ -98,9 +98,10 @@ def metric_name(raw: str) -> str:
 
 @lru_cache(maxsize=8192)
 def is_known_metric(raw: str) -> bool:
-    """True when the key maps onto a metric the detectors read (loss, lr, grad_norm, ...)."""
+    """True when the key maps onto a metric the detectors read (loss, lr, grad_norm, ...), or names an
+    objective the diagnosis reads as the loss (NLL, perplexity, a loss by another name)."""
     name = metric_name(raw)
-    return name in CANONICAL_METRICS and name != "epoch"
+    return (name in CANONICAL_METRICS and name != "epoch") or is_objective_name(raw)
 
 
 def strip_rank_prefix(line: str) -> tuple[int | None, str]:

@@ -48,7 +48,7 @@ _KV_RE = re.compile(
 _SOURCE_FILE_RE = re.compile(r"\.(?:py|pyx|cc|cpp|cu|h|c|rs|go|js|ts|java)$")
 # Cheap pre-check: a line that names none of these carries no metric the detectors read.
 # (Not bare "rank", "sample" or "tok": torchrun prefixes and ordinary INFO lines are full of them.)
-_METRIC_HINTS = ("loss", "lr", "learning", "grad", "acc", "reward", "norm", "kl", "entropy", "ppl",
+_METRIC_HINTS = ("loss", "lr", "learning", "grad", "acc", "reward", "norm", "kl", "entropy", "ppl", "nll", "perp",
                  "perplex", "tok/s", "tok_s", "tokens/s", "tokens_per", "tokens per", "throughput",
                  "samples/s", "samples_per", "samples per", "_rank", "erank", "scale", "time", "epoch",
                  "mem", "adv", "top1", "f1", "it/s", "wps", "ups", "mfu", "ratio", "vocab", "classes")
