@@ -418,6 +418,14 @@ def test_two_points_give_no_verdict_and_three_only_a_tentative_one() -> None:
     assert [h.failure for h in found] == ["healthy"] and found[0].confidence < 0.6  # tentative: far under 0.8
 
 
+def test_an_excerpt_that_drops_once_and_then_sits_is_a_plateau() -> None:
+    # Caffe's log in a forum post: 87.34 at iteration 0, then 8.26, 8.256, 8.25, 8.251 every 1000 iterations.
+    stuck = strongest(series_log({"loss": [87.34, 8.265, 8.256, 8.251, 8.25]}), "plateau")
+    assert stuck is not None and 0.4 <= stuck.confidence < 0.8 and "sits there for the last 4" in stuck.evidence[0].text
+    falling = series_log({"loss": [87.34, 8.27, 6.1, 4.9, 4.2]})  # still learning after the drop
+    assert strongest(falling, "plateau") is None and strongest(falling, "healthy") is not None
+
+
 def test_a_flat_loss_is_not_called_healthy() -> None:
     parsed = series_log({"loss": [1.0 + 0.001 * (i % 3) for i in range(100)]})
     assert strongest(parsed, "healthy") is None

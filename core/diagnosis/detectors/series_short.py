@@ -189,11 +189,31 @@ def _shape(c: Curve, ss: SeriesSet) -> list[Hypothesis]:
         return [hypothesis("plateau", _conf(0.35, n, 0.8, 0.65), [evidence(
             c, f"{c.label} does not move: {fmt(float(v.min()))}-{fmt(float(v.max()))} over the {n} points shown",
             "range under 0.5% of the level at >= 4 points", value=last)])]
+    settled = _settled_suffix(v)
+    if settled >= max(MIN_POINTS, n // 2) and settled < n and float(v[n - settled - 1]) > 1.5 * float(median(v[-settled:])):
+        level = float(median(v[-settled:]))
+        return [hypothesis("plateau", _conf(0.4, settled, 1.0, 0.7), [evidence(
+            c, f"{c.label} fell to {fmt(level)} by step {fmt(c.step_at(n - settled))} and sits there for the last "
+               f"{settled} points shown (within 1%): it stopped learning after the first drop",
+            "the last >= 3 points (and >= half of them) within 1% of their median, after a >= 1.5x drop",
+            step=c.step_at(n - settled), value=level)], c.step_at(n - settled))]
     if gain >= 0.03 and down_share >= 0.5:
         healthy = [evidence(c, f"{c.label} falls from {fmt(first)} to {fmt(last)} ({100 * gain:.0f}%) over the {n} "
                                "points shown, all finite", "a >= 3% drop, most steps down", value=last)]
         return [hypothesis("healthy", _conf(0.55, n, gain * 4, 0.8), healthy)]
     return []
+
+
+def _settled_suffix(v: np.ndarray, tolerance: float = 0.01) -> int:
+    """How many of the last points lie within `tolerance` of their own median."""
+    k = 0
+    for size in range(2, len(v) + 1):
+        tail = v[-size:]
+        level = abs(float(median(tail)))
+        if level == 0 or float(np.ptp(tail)) > tolerance * level:
+            break
+        k = size
+    return k
 
 
 def _not_learning(c: Curve, ss: SeriesSet, gain: float) -> list[Hypothesis]:
