@@ -298,3 +298,19 @@ def test_input_notes_say_how_steps_were_counted_and_that_the_code_did_not_parse(
     broken.write_text("import torch\nfor step in range(10)\n    loss.backward()\n")
     notes = classify_path(kv, code_path=broken).input_notes
     assert any(n.startswith("code_path: the file does not parse") for n in notes)
+
+
+@pytest.mark.parametrize("text, reading", [
+    ("Epoch 1/10 - loss: 0.41 - val_loss: 0.45\nEpoch 2/10 - loss: 0.35 - val_loss: 0.40\n", "healthy"),
+    ("Epoch 1/10 - loss: 0.41 - val_loss: 0.45\nEpoch 2/10 - loss: nan - val_loss: nan\n", "nan_loss"),
+    ("Epoch 1/10 - loss: 0.41 - val_loss: 0.45\n", None),
+])
+def test_two_finite_records_are_a_tentative_no_alarm_and_nothing_more(text: str, reading: str | None) -> None:
+    """Two records cannot show a shape: only 'nothing alarming', far under the 0.5 veto, and only when
+    nothing else was found; one record is no reading at all."""
+    d = classify_text(text)
+    top = d.hypotheses[0] if d.hypotheses else None
+    assert (top.failure if top else None) == reading, d.summary
+    if reading == "healthy":
+        assert top.confidence < 0.5 and "too few records" in top.evidence[0].text
+        assert d.summary.startswith("Nothing alarming, tentatively")

@@ -334,7 +334,8 @@ def _summary(ranked: list[Hypothesis], notes: list[str]) -> str:
     lead = top.evidence[0].text if top.evidence else info.description
     if top.failure == "healthy":
         weak = [h for h in ranked[1:] if h.failure != "healthy"]
-        text = f"The run looks healthy (confidence {confidence_text(top.confidence)}): {lead}."
+        text = (f"The run looks healthy (confidence {confidence_text(top.confidence)}): {lead}." if top.confidence >= 0.5
+                else f"Nothing alarming, tentatively (confidence {confidence_text(top.confidence)}): {lead}.")
         if weak:
             text += " Weak signals below the alarm level: " + ", ".join(f"{h.failure} ({confidence_text(h.confidence)})" for h in weak) + "."
         return text
@@ -454,6 +455,10 @@ def classify(parsed: ParsedLog | None = None, error_text: str | None = None, cod
         findings = scan_code(Path(code_path))
         found += code_hypotheses(findings, signals)
         input_notes += [f"code_path: {f.message}" for f in findings if f.line == 0 or f.rule == "syntax_error"]
+    if not found and parsed is not None:
+        from ml_debug_mcp.core.diagnosis.detectors.series_checks import few_records_reading
+
+        found += [h for h in [few_records_reading(parsed)] if h is not None]
     merged = merge_hypotheses(found)
     apply_explanations(merged)
     ranked = _rank(merged)

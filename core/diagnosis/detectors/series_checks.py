@@ -88,6 +88,28 @@ def _no_alarm(ss) -> Hypothesis | None:
                                                                 value=float(c.values[-1]))])
 
 
+FEW_RECORDS_CONFIDENCE = 0.3  # two records: nothing to judge a shape from, only the absence of alarm
+
+
+def few_records_reading(parsed: ParsedLog) -> Hypothesis | None:
+    """What an engineer says of two pasted records with finite values and nothing else: nothing alarming
+    here, and too little to judge. Only for when no detector, error rule or text rule fired at all; a
+    single record is no evidence either way."""
+    shown = [parsed.get(name) for name in ("loss", "eval_loss", "accuracy", "eval_accuracy", "reward")]
+    shown = [s for s in shown if s is not None and s.stats.count >= 2]
+    if not shown or any(s.stats.nan_count or s.stats.inf_count for s in parsed.series):
+        return None
+    s = shown[0]
+    values = [v for v in s.values if v is not None and math.isfinite(v)]
+    if len(values) < 2:
+        return None
+    text = (f"the {len(values)} {s.name} records shown ({fmt(values[0])} -> {fmt(values[-1])}) and every other "
+            "value are finite, and no error is in the text: nothing alarming, but too few records to judge the run")
+    return hypothesis("healthy", FEW_RECORDS_CONFIDENCE, [Evidence(
+        kind="metric", text=text, rule="finite values in 2 records, no detector or error rule fired",
+        metric=s.name, value=values[-1])])
+
+
 def detect_rank_lag(parsed: ParsedLog, limits: Limits = LIMITS) -> list[Hypothesis]:
     """A rank whose log stops well before the others': it hung or died, and the rest will wait for it."""
     last: dict[int, float] = {}
