@@ -77,12 +77,17 @@ class Server:
         return now
 
 
-def _checked(before: tuple[float, int, int], after: tuple[float, int, int]) -> str:
+def _footprint_problems(before: tuple[float, int, int], after: tuple[float, int, int],
+                        concurrency: int = 1) -> tuple[str, list[str]]:
+    """The footprint change in words, and what is wrong with it: processes left, RSS growth, or threads
+    beyond what the worker pool may keep for `concurrency` calls at once (idle pool threads are no leak)."""
     (rss0, threads0, _), (rss1, threads1, kids1) = before, after
-    assert kids1 == 0, f"{kids1} processes left behind"
-    assert threads1 <= threads0 + 8, f"threads {threads0} -> {threads1}"
-    assert rss1 - rss0 < 96, f"RSS grew {rss0:.0f} -> {rss1:.0f} MiB"
-    return f"RSS {rss0:.0f}->{rss1:.0f} MiB, threads {threads0}->{threads1}, 0 processes left"
+    problems = [f"{kids1} processes left behind"] if kids1 else []
+    if threads1 > threads0 + concurrency + 8:
+        problems.append(f"threads {threads0} -> {threads1}")
+    if rss1 - rss0 >= 96:
+        problems.append(f"RSS grew {rss0:.0f} -> {rss1:.0f} MiB")
+    return f"RSS {rss0:.0f}->{rss1:.0f} MiB, threads {threads0}->{threads1}, {kids1} processes left", problems
 
 
 # --- static escapes ----------------------------------------------------------------------------
@@ -161,8 +166,8 @@ async def test_fuzzed_calls_over_every_tool_neither_kill_nor_break_the_server(tm
                     break
             await client.list_tools()  # still serving
             after = server.settled()
-    assert _tree(outside) == {}
-    detail = _checked(before, after)
+    detail, problems = _footprint_problems(before, after)
+    bad += problems + (["wrote outside the roots"] if _tree(outside) else [])
     kinds = {kind: sum(kind in b for b in bad) for kind in ("died", "internal error", "hung", "Traceback")}
     record("fuzzed calls over every tool (HTTP, seed 20261204)", BUDGET.fuzz_calls, len(bad),
            f"{answered} answered; " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + f"; {detail}")
@@ -205,11 +210,11 @@ async def test_concurrent_sessions_stay_correct_and_leave_nothing_behind(tmp_pat
                 group.start_soon(session, k)
         seconds = time.monotonic() - started
         after = server.settled()
-    detail = _checked(before, after)
+    detail, problems = _footprint_problems(before, after, BUDGET.load_sessions)
     total = BUDGET.load_sessions * BUDGET.load_calls
-    record(f"{BUDGET.load_sessions} concurrent HTTP sessions x {BUDGET.load_calls} calls", total, len(errors),
-           f"{seconds:.1f} s; {detail}")
-    assert errors == [], errors[:5]
+    record(f"{BUDGET.load_sessions} concurrent HTTP sessions x {BUDGET.load_calls} calls", total,
+           len(errors) + len(problems), f"{seconds:.1f} s; {detail}")
+    assert errors + problems == [], (errors + problems)[:5]
 
 
 # --- hostile factories -------------------------------------------------------------------------
@@ -255,8 +260,8 @@ async def test_hostile_factories_each_come_back_as_a_clear_error_and_leave_nothi
                         bad.append(f"{tool}/{name} left processes behind")
             await client.list_tools()
             after = server.settled()
-    assert _tree(outside) == {}
-    detail = _checked(before, after)
+    detail, problems = _footprint_problems(before, after)
+    bad += problems + (["wrote outside the roots"] if _tree(outside) else [])
     record(f"hostile factories ({len(hostile_names())}) x {', '.join(BUDGET.hostile_tools)}", attempts, len(bad),
            f"{', '.join(hostile_names())}; {detail}")
     assert bad == [], bad
